@@ -1,0 +1,288 @@
+"""Building blocks shared by the model families (NHWC, flax.linen).
+
+Padding follows the weights a family is meant to load: ``"symmetric"`` is PyTorch's ``k // 2 *
+dilation`` on every side (torchvision/timm ResNet, MobileNetV2, smp decoders); ``"same"`` is
+TensorFlow's SAME, which pads the extra row/column at the bottom/right for even strides (the
+``tf_`` EfficientNets). The two differ for strided convolutions, so the choice matters for parity.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "relu6": nn.relu6,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "sigmoid": nn.sigmoid,
+    "hard_sigmoid": nn.hard_sigmoid,
+    "identity": lambda x: x,
+}
+NORMS = ("batch", "group", "none")
+
+
+def activation(name: str | Callable | None) -> Callable[[jax.Array], jax.Array]:
+  if name is None:
+    return _ACTIVATIONS["identity"]
+  if callable(name):
+    return name
+  if name not in _ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; choose from {sorted(_ACTIVATIONS)}")
+  return _ACTIVATIONS[name]
+
+
+def check_input(model: str, x: jax.Array, *, in_channels: int | None = None,
+                multiple_of: int | None = None, what: str = "the encoder stride"):
+  """ValueError naming the model and the expected/given values, before any op can fail obscurely."""
+  if x.ndim != 4:
+    raise ValueError(f"{model}: expected an NHWC batch of rank 4, got shape {tuple(x.shape)}")
+  _, h, w, c = x.shape
+  if in_channels is not None and c != in_channels:
+    raise ValueError(f"{model}: expected {in_channels} input channels (NHWC, last axis), got {c} "
+                     f"in shape {tuple(x.shape)}")
+  if multiple_of and (h % multiple_of or w % multiple_of):
+    raise ValueError(f"{model}: input {h}x{w} is not divisible by {what} {multiple_of}; use a size "
+                     f"such as {max(multiple_of, round(h / multiple_of) * multiple_of)}x"
+                     f"{max(multiple_of, round(w / multiple_of) * multiple_of)}")
+
+
+def conv_padding(kernel_size: int, dilation: int = 1, mode: str = "symmetric"):
+  if mode == "same":
+    return "SAME"
+  if mode == "symmetric":
+    p = dilation * (kernel_size - 1) // 2
+    return ((p, p), (p, p))
+  raise ValueError(f"padding must be 'symmetric' or 'same', got {mode!r}")
+
+
+def group_count(channels: int, preferred: int = 32) -> int:
+  """Largest divisor of ``channels`` not above ``preferred`` (GroupNorm needs an exact split)."""
+  return math.gcd(channels, preferred)
+
+
+class Norm(nn.Module):
+  """BatchNorm (PyTorch defaults: momentum 0.1 -> flax 0.9, eps 1e-5), GroupNorm, or nothing."""
+  kind: str = "batch"
+  epsilon: float = 1e-5
+  momentum: float = 0.9
+  groups: int = 32
+  scale_init: Callable = nn.initializers.ones
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.kind == "batch":
+      return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                          epsilon=self.epsilon, scale_init=self.scale_init, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="bn")(x)
+    if self.kind == "group":
+      return nn.GroupNorm(num_groups=group_count(x.shape[-1], self.groups), epsilon=self.epsilon,
+                          scale_init=self.scale_init, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="gn")(x)
+    if self.kind == "none":
+      return x
+    raise ValueError(f"norm must be one of {NORMS}, got {self.kind!r}")
+
+
+class ConvNormAct(nn.Module):
+  """Conv (no bias when normalised) -> Norm -> activation."""
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  dilation: int = 1
+  groups: int = 1
+  norm: str = "batch"
+  act: str | Callable | None = "relu"
+  padding: str = "symmetric"
+  norm_epsilon: float = 1e-5
+  use_bias: bool | None = None  # None: bias only without a norm
+  kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+  norm_scale_init: Callable = nn.initializers.ones
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    k = self.kernel_size
+    x = nn.Conv(self.features, (k, k), strides=self.strides,
+                padding=conv_padding(k, self.dilation, self.padding),
+                kernel_dilation=self.dilation, feature_group_count=self.groups,
+                use_bias=(self.norm == "none") if self.use_bias is None else self.use_bias,
+                kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="conv")(x)
+    x = Norm(self.norm, epsilon=self.norm_epsilon, scale_init=self.norm_scale_init,
+             dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x, train)
+    return activation(self.act)(x)
+
+
+class SeparableConv(nn.Module):
+  """Depthwise k x k conv -> norm/act, then pointwise 1x1 conv -> norm/act (MobileNet/Xception form)."""
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  dilation: int = 1
+  norm: str = "batch"
+  act: str | Callable | None = "relu"
+  padding: str = "symmetric"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    common = dict(norm=self.norm, act=self.act, padding=self.padding, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
+    x = ConvNormAct(x.shape[-1], self.kernel_size, self.strides, self.dilation,
+                    groups=x.shape[-1], name="depthwise", **common)(x, train)
+    return ConvNormAct(self.features, 1, name="pointwise", **common)(x, train)
+
+
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-excitation: global average -> reduce (1x1 + act) -> expand (1x1 + gate) -> rescale."""
+  reduced_features: int
+  act: str | Callable = "relu"
+  gate: str | Callable = "sigmoid"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.Conv(self.reduced_features, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                name="reduce")(s)
+    s = activation(self.act)(s)
+    s = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                name="expand")(s)
+    return x * activation(self.gate)(s)
+
+
+class ECA(nn.Module):
+  """Efficient channel attention (Wang et al. 2020): a 1-D conv across channels of the pooled vector,
+  kernel size adapted to the channel count (|log2(C)/gamma + b/gamma| rounded up to odd)."""
+  gamma: int = 2
+  beta: int = 1
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    k = int(abs(math.log2(c) / self.gamma + self.beta / self.gamma))
+    k = k if k % 2 else k + 1
+    s = jnp.mean(x, axis=(1, 2))[..., None]  # (N, C, 1): channels as a 1-D sequence
+    s = nn.Conv(1, (k,), padding="SAME", use_bias=False, dtype=self.dtype,
+                param_dtype=self.param_dtype, name="conv")(s)
+    return x * nn.sigmoid(s[:, None, None, :, 0])
+
+
+class CBAM(nn.Module):
+  """Convolutional block attention (Woo et al. 2018): channel attention from average- and max-pooled
+  descriptors through a shared MLP, then spatial attention from a 7x7 conv over channel mean/max."""
+  reduction: int = 16
+  spatial_kernel: int = 7
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    hidden = nn.Dense(max(c // self.reduction, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="mlp_in")
+    out = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_out")
+    mlp = lambda v: out(nn.relu(hidden(v)))
+    channel = nn.sigmoid(mlp(jnp.mean(x, axis=(1, 2))) + mlp(jnp.max(x, axis=(1, 2))))
+    x = x * channel[:, None, None, :]
+    pooled = jnp.concatenate([jnp.mean(x, -1, keepdims=True), jnp.max(x, -1, keepdims=True)], -1)
+    k = self.spatial_kernel
+    spatial = nn.Conv(1, (k, k), padding=conv_padding(k), use_bias=False, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="spatial")(pooled)
+    return x * nn.sigmoid(spatial)
+
+
+class ASPP(nn.Module):
+  """Atrous spatial pyramid pooling (DeepLabV3): a 1x1 branch, one 3x3 branch per atrous rate
+  (optionally depthwise-separable), and an image-pooling branch, concatenated, then a 1x1 projection
+  with dropout. Also the dilated pyramid of paper 004's codec (rates 3, 3, 6 there)."""
+  features: int = 256
+  rates: Sequence[int] = (6, 12, 18)
+  separable: bool = False
+  image_pooling: bool = True
+  dropout: float = 0.5
+  norm: str = "batch"
+  act: str = "relu"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    common = dict(norm=self.norm, act=self.act, dtype=self.dtype, param_dtype=self.param_dtype)
+    branches = [ConvNormAct(self.features, 1, name="branch_1x1", **common)(x, train)]
+    for i, r in enumerate(self.rates):
+      if self.separable:
+        branches.append(SeparableConv(self.features, 3, dilation=r, name=f"branch_rate{i}",
+                                      **common)(x, train))
+      else:
+        branches.append(ConvNormAct(self.features, 3, dilation=r, name=f"branch_rate{i}",
+                                    **common)(x, train))
+    if self.image_pooling:
+      pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
+      # GroupNorm/BatchNorm over a 1x1 map: BatchNorm is fine (statistics over the batch).
+      pooled = ConvNormAct(self.features, 1, name="image_pool", **common)(pooled, train)
+      branches.append(jnp.broadcast_to(pooled, branches[0].shape))
+    y = jnp.concatenate(branches, axis=-1)
+    y = ConvNormAct(self.features, 1, name="project", **common)(y, train)
+    return nn.Dropout(self.dropout, deterministic=not train)(y)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per sample with probability ``rate``
+  (needs the 'dropout' rng when training)."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.rate == 0.0 or not train:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def resize_bilinear(x: jax.Array, height: int, width: int, *, align_corners: bool = False):
+  """Bilinear NHWC resize. ``align_corners=False`` is PyTorch's ``F.interpolate(...,
+  align_corners=False)`` (half-pixel centres) when upsampling; ``True`` matches smp's DeepLabV3+."""
+  n, h, w, c = x.shape
+  if (h, w) == (height, width):
+    return x
+  if not align_corners:
+    return jax.image.resize(x, (n, height, width, c), "linear", antialias=False)
+
+  def coords(src, dst):
+    if dst == 1:
+      return jnp.zeros((1,), jnp.float32)
+    return jnp.arange(dst, dtype=jnp.float32) * ((src - 1) / (dst - 1))
+
+  def interp(a, axis, src, dst):
+    pos = coords(src, dst)
+    lo = jnp.floor(pos).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, src - 1)
+    frac = (pos - lo).astype(a.dtype)
+    shape = [1] * a.ndim
+    shape[axis] = dst
+    frac = frac.reshape(shape)
+    return jnp.take(a, lo, axis) * (1 - frac) + jnp.take(a, hi, axis) * frac
+
+  return interp(interp(x, 1, h, height), 2, w, width)
+
+
+def upsample2x_nearest(x: jax.Array) -> jax.Array:
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)

@@ -1,0 +1,199 @@
+"""EfficientNet (Tan & Le 2019) in timm's layout: ``efficientnet_b0`` and ``efficientnet_lite0``.
+
+Both are a stem conv (3x3 stride 2, 32 channels), seven stages of blocks, a 1x1 ``conv_head`` to
+1280 channels, global average pooling, dropout and a linear ``classifier``. Stage 0 is timm's
+DepthwiseSeparableConv (depthwise, [SE], pointwise), the others its InvertedResidual (1x1 expand,
+depthwise, [SE], 1x1 project); a block has a residual connection (with stochastic depth) when
+stride 1 and width unchanged. ``InvertedResidual`` is shared with MobileNetV2 (mobilenet.py).
+
+* ``efficientnet_b0`` (timm ``efficientnet_b0``, 5,288,548 parameters at 1000 classes): SiLU,
+  squeeze-excitation reducing to 1/4 of the *block input* width, PyTorch symmetric padding,
+  BatchNorm eps 1e-5.
+* ``efficientnet_lite0`` (timm ``tf_efficientnet_lite0``, 4,652,008 parameters): ReLU6, no SE,
+  TensorFlow "SAME" padding (which pads the extra row/column at the bottom/right of strided convs,
+  as the TF-trained weights expect), BatchNorm eps 1e-3.
+
+Parameter names are timm's module paths with ``.N`` turned into ``_N`` and ``.`` into ``/`` and
+created in timm's order (conv_stem, bn1, blocks, conv_head, bn2, classifier; inside a block
+conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3, or conv_dw, bn1, se, conv_pw, bn2 for stage 0), so
+a timm state dict converts mechanically: ``blocks.1.0.conv_dw.weight`` ->
+``params/blocks_1_0/conv_dw/kernel`` (OIHW -> HWIO), ``blocks.1.0.bn2.running_var`` ->
+``batch_stats/blocks_1_0/bn2/bn/var``. Two names differ: norms add a level (``bn`` or ``gn``, see
+``layers.Norm``) and the SE convs are ``se/reduce`` and ``se/expand`` (timm's ``se.conv_reduce``,
+``se.conv_expand``; ``layers.SqueezeExcite``).
+
+Encoder (``features_only=True``): the output of the last block at each stride level, timm's
+``features_only`` maps (blocks 0, 1, 2, 4, 6 for both variants: 16, 24, 40, 112, 320 channels at
+strides 2, 4, 8, 16, 32); ``conv_head`` is not part of the encoder.
+
+``output_stride`` 16 or 8 trades the stride of the last stages for dilation of their depthwise
+convs (timm's rule, see ``resnet.stage_dilations``); inputs must be divisible by
+``output_stride`` (32 by default). ``drop_path_rate`` grows linearly over the blocks, block i of n
+getting ``rate * i / n`` (timm's EfficientNet rule).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from flaxderm.models import layers
+from flaxderm.models.registry import register_model
+from flaxderm.models.resnet import FEATURE_STRIDES, ConvNet, conv2d, stage_dilations
+
+Dtype = Any
+
+
+class Stage(NamedTuple):
+  """One stage of identical blocks; the first block has the stride and the width change.
+  ``expand_ratio`` 1 means timm's DepthwiseSeparableConv (no expansion conv)."""
+  repeats: int
+  kernel_size: int
+  stride: int
+  expand_ratio: int
+  channels: int
+
+
+EFFICIENTNET_B0 = (
+    Stage(1, 3, 1, 1, 16),
+    Stage(2, 3, 2, 6, 24),
+    Stage(2, 5, 2, 6, 40),
+    Stage(3, 3, 2, 6, 80),
+    Stage(3, 5, 1, 6, 112),
+    Stage(4, 5, 2, 6, 192),
+    Stage(1, 3, 1, 6, 320),
+)
+
+
+class InvertedResidual(nn.Module):
+  """timm's InvertedResidual (MobileNetV2/EfficientNet block), or its DepthwiseSeparableConv when
+  ``expand_ratio`` is 1. Names follow timm, which numbers the norms in order of use."""
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  dilation: int = 1
+  expand_ratio: int = 6
+  se_ratio: float = 0.0  # of the block's input width, as in timm's EfficientNets
+  act: str = "relu6"
+  padding: str = "symmetric"
+  norm: str = "batch"
+  norm_epsilon: float = 1e-5
+  drop_path: float = 0.0
+  zero_init_last: bool = False
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = layers.activation(self.act)
+    common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    use_bias = self.norm == "none"
+
+    def norm(i, scale_init=nn.initializers.ones):
+      return layers.Norm(self.norm, epsilon=self.norm_epsilon, scale_init=scale_init,
+                         name=f"bn{i}", **common)
+
+    in_features = x.shape[-1]
+    expand = self.expand_ratio != 1
+    mid = in_features * self.expand_ratio
+    y, i = x, 1
+    if expand:
+      y = conv2d(mid, 1, use_bias=use_bias, name="conv_pw", **common)(y)
+      y, i = act(norm(i)(y, train)), i + 1
+    y = conv2d(mid, self.kernel_size, strides=self.strides, dilation=self.dilation, groups=mid,
+               padding=self.padding, use_bias=use_bias, name="conv_dw", **common)(y)
+    y, i = act(norm(i)(y, train)), i + 1
+    if self.se_ratio:
+      y = layers.SqueezeExcite(max(1, round(in_features * self.se_ratio)), act=self.act,
+                               name="se", **common)(y)
+    y = conv2d(self.features, 1, use_bias=use_bias, name="conv_pwl" if expand else "conv_pw",
+               **common)(y)
+    y = norm(i, nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y, train)
+    if self.strides == 1 and in_features == self.features:
+      y = layers.DropPath(self.drop_path)(y, train) + x
+    return y
+
+
+class EfficientNet(ConvNet):
+  """timm's EfficientNet/MobileNetV2 builder; see the module docstring (defaults: EfficientNet-B0).
+
+  ``features_include_head``: the stride-32 encoder map is taken after ``conv_head`` (its norm and
+  activation) instead of after the last block (smp's MobileNetV2 encoder does this).
+  """
+  stages: Sequence[Stage] = EFFICIENTNET_B0
+  stem_channels: int = 32
+  head_channels: int = 1280
+  se_ratio: float = 0.25
+  act: str = "silu"
+  padding: str = "symmetric"
+  norm_epsilon: float = 1e-5
+  features_include_head: bool = False
+  drop_rate: float = 0.2
+
+  def _levels(self) -> list[int]:
+    """The nominal stride at the end of each stage (before dilation replaces any stride)."""
+    stride, levels = 2, []
+    for stage in self.stages:
+      stride *= stage.stride
+      levels.append(stride)
+    return levels
+
+  @property
+  def feature_channels(self) -> tuple[int, ...]:
+    channels = {2: self.stem_channels}
+    channels.update({level: stage.channels for level, stage in zip(self._levels(), self.stages)})
+    if self.features_include_head:
+      channels[32] = self.head_channels
+    return tuple(channels.get(s, 0) for s in FEATURE_STRIDES)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, features_only: bool = False):
+    self.check(x)
+    act = layers.activation(self.act)
+    common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    use_bias = self.norm == "none"
+
+    def norm(name):
+      return layers.Norm(self.norm, epsilon=self.norm_epsilon, name=name, **common)
+
+    x = conv2d(self.stem_channels, 3, strides=2, padding=self.padding, use_bias=use_bias,
+               name="conv_stem", **common)(x)
+    x = act(norm("bn1")(x, train))
+    features = {2: x}
+    total, index = sum(s.repeats for s in self.stages), 0
+    schedule = stage_dilations([s.stride for s in self.stages], self.output_stride, stride=2)
+    for i, (stage, level, (stride, first_dilation, dilation)) in enumerate(
+        zip(self.stages, self._levels(), schedule)):
+      for j in range(stage.repeats):
+        x = InvertedResidual(
+            stage.channels, stage.kernel_size, strides=stride if j == 0 else 1,
+            dilation=first_dilation if j == 0 else dilation, expand_ratio=stage.expand_ratio,
+            se_ratio=self.se_ratio, act=self.act, padding=self.padding, norm=self.norm,
+            norm_epsilon=self.norm_epsilon, drop_path=self.drop_path_rate * index / total,
+            zero_init_last=self.zero_init_last, name=f"blocks_{i}_{j}", **common)(x, train)
+        index += 1
+      features[level] = x
+    if features_only and not self.features_include_head:
+      return [features[s] for s in FEATURE_STRIDES]
+    x = conv2d(self.head_channels, 1, use_bias=use_bias, name="conv_head", **common)(x)
+    x = act(norm("bn2")(x, train))
+    if features_only:
+      features[32] = x
+      return [features[s] for s in FEATURE_STRIDES]
+    return self.head(x, train, name="classifier")
+
+
+@register_model(task="classification", family="efficientnet", default_input_size=224)
+def efficientnet_b0(*, num_classes: int, **options) -> EfficientNet:
+  """EfficientNet-B0 as timm's ``efficientnet_b0`` (SiLU, SE); 5.3M parameters at 1000 classes."""
+  return EfficientNet(num_classes=num_classes, model_name="efficientnet_b0", **options)
+
+
+@register_model(task="classification", family="efficientnet", default_input_size=224)
+def efficientnet_lite0(*, num_classes: int, **options) -> EfficientNet:
+  """EfficientNet-Lite0 as timm's ``tf_efficientnet_lite0`` (ReLU6, no SE, TF SAME padding, BN eps
+  1e-3); 4.7M parameters at 1000 classes. Its TF-trained weights expect inputs in [-1, 1]."""
+  return EfficientNet(num_classes=num_classes, model_name="efficientnet_lite0",
+                      **{"se_ratio": 0.0, "act": "relu6", "padding": "same", "norm_epsilon": 1e-3,
+                         **options})

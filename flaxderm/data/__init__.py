@@ -1,0 +1,1 @@
+"""Input data: TFDS builders (``flaxderm.data.builders``) and grain pipelines (``pipeline``)."""

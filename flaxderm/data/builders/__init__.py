@@ -1,0 +1,74 @@
+"""TFDS builders of flaxderm's datasets, prepared in ArrayRecord format.
+
+``prepare(name, ...)`` builds a dataset once into ``data_dir`` and returns its builder; read it
+with ``builder.as_data_source(split)``. Records: ``image`` (uint8 HxWx3), ``id``, ``group`` (lesion
+key for grouped splits), ``mask`` (uint8 HxWx1, 0/1) for segmentation datasets, ``label``
+(ClassLabel) for datasets with a diagnosis. Splits are the official ones.
+
+Builder kwargs are config options (e.g. ``max_size``, ``image_size``, ``masks``); a preparation
+with non-default options lives under its own config name, e.g. ``ph2/default-max_size-256``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from flaxderm.data.builders import common
+from flaxderm.data.builders.dermamnist import Dermamnist
+from flaxderm.data.builders.ham10000 import Ham10000
+from flaxderm.data.builders.isic2018_task3 import Isic2018Task3
+from flaxderm.data.builders.isic_task1 import Isic2016Task1, Isic2017Task1, Isic2018Task1
+from flaxderm.data.builders.ph2 import Ph2
+from flaxderm.data.builders.synthetic import SyntheticLesions
+
+log = logging.getLogger(__name__)
+
+BUILDERS: dict[str, type[common.Builder]] = {
+    cls.name: cls for cls in (SyntheticLesions, Isic2018Task1, Isic2017Task1, Isic2016Task1,
+                              Ph2, Ham10000, Isic2018Task3, Dermamnist)}
+
+
+def default_data_dir() -> Path:
+  """$FLAXDERM_DATA_DIR, else ~/tensorflow_datasets."""
+  return Path(os.environ.get("FLAXDERM_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+
+
+def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
+            manual_dir: str | os.PathLike | None = None, builder_config: str | None = None,
+            builder_kwargs: Mapping[str, Any] | None = None,
+            skip_bad_examples: bool = False) -> tfds.core.DatasetBuilder:
+  """Builds dataset ``name`` (once; a prepared copy is reused) and returns its builder.
+
+  Args:
+    name: a key of ``BUILDERS``.
+    data_dir: where prepared datasets live (default ``default_data_dir()``).
+    manual_dir: folder holding the official download (searched a few levels deep).
+    builder_config: a predefined config name (default: the builder's first).
+    builder_kwargs: config options overriding ``builder_config``'s.
+    skip_bad_examples: leave out bad examples (listed in ``bad_examples.json`` next to the
+      data) instead of stopping at the first. A copy prepared that way is refused later without
+      this flag when it did skip examples, so the flag's meaning never depends on history.
+  """
+  if name not in BUILDERS:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+  cls = BUILDERS[name]
+  config = cls.resolve_config(builder_config, builder_kwargs)
+  builder = cls(data_dir=os.fspath(data_dir or default_data_dir()), config=config,
+                skip_bad_examples=skip_bad_examples)
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=os.fspath(manual_dir) if manual_dir else None, try_download_gcs=False))
+  report = Path(os.fspath(builder.data_path)) / common.REPORT_NAME
+  skipped = json.loads(report.read_text())["num_skipped"] if report.exists() else 0
+  if skipped and not skip_bad_examples:
+    raise ValueError(f"{builder.info.full_name} in {builder.data_dir} was prepared without "
+                     f"{skipped} bad examples (see {report}); pass skip_bad_examples=True to use "
+                     "it, or delete it to prepare again")
+  return builder

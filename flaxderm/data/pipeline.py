@@ -1,0 +1,523 @@
+"""grain input pipelines: read -> decode -> preprocess -> resize -> augment -> normalise -> batch.
+
+Per-process batches follow the team contract (``image`` float32 NHWC normalised, ``mask`` int32
+0/1, ``label`` int32, ``valid`` float32, ``id`` str). The training iterator is infinite,
+deterministic given the seed and checkpointable (``get_state()`` / ``set_state()`` restore the
+exact next batch); the eval iterator makes one pass, padding the last batch with ``valid=0``.
+
+Layout of a training pipeline::
+
+    records of this process (shard of the split)
+      -> MapDataset.source(prepared)        decode + preprocess + resize (optionally cached)
+      -> .shuffle(seed).repeat()            or one shuffled stream per class, mixed evenly
+      -> .random_map(augment, seed)         per-record generator derived from seed and position
+      -> .to_iter_dataset(ReadOptions)      `read_threads` threads prepare examples ahead
+      -> .batch(per_process_batch)          (optionally .mp_prefetch for `num_workers` processes)
+
+Records come from a ``DataSource``: ``TfdsSource`` (the prepared TFDS builder, images read as
+encoded bytes and decoded here with OpenCV) or ``InMemorySource`` (lists of feature dicts, for
+tests and notebooks). Both yield dicts with the builders' feature layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from absl import flags
+import grain
+import ml_collections
+import numpy as np
+
+from flaxderm.data import augment as augment_lib
+from flaxderm.data import config as config_lib
+from flaxderm.data import preprocess as preprocess_lib
+from flaxderm.data import splits as splits_lib
+
+Record = dict[str, Any]
+SEGMENTATION_CLASSES = ("background", "lesion")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data sources.
+
+
+class DataSource(Protocol):
+  """Random-access records split by name (the builders' feature layout)."""
+
+  key: str  # identifies the data for the in-memory cache
+  has_mask: bool
+  class_names: tuple[str, ...] | None  # label names; None when records carry no label
+
+  def split_names(self) -> tuple[str, ...]: ...
+
+  def split(self, name: str) -> Sequence[Record]: ...
+
+
+class _Concat(Sequence):
+  """Several random-access sources read as one ("train+validation")."""
+
+  def __init__(self, parts: Sequence[Sequence[Record]]):
+    self._parts = list(parts)
+    self._starts = np.cumsum([0] + [len(p) for p in self._parts])
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def __getitem__(self, index: int) -> Record:
+    part = int(np.searchsorted(self._starts, index, side="right")) - 1
+    return self._parts[part][index - int(self._starts[part])]
+
+
+def _unknown_split(name: str, known: Sequence[str]) -> ValueError:
+  return ValueError(f"split {name!r} does not exist; the dataset has {tuple(known)}")
+
+
+class InMemorySource:
+  """Records held in Python lists: ``{split name: [feature dict, ...]}``.
+
+  Images/masks may be arrays or encoded bytes; ``class_names`` names the labels (inferred as
+  "0", "1", ... from the largest label when omitted).
+  """
+  _ids = itertools.count()
+
+  def __init__(self, splits: Mapping[str, Sequence[Record]],
+               class_names: Sequence[str] | None = None):
+    self._splits = {name: list(records) for name, records in splits.items()}
+    first = next((r[0] for r in self._splits.values() if r), None)
+    if first is None:
+      raise ValueError("InMemorySource: every split is empty")
+    self.key = f"memory:{next(self._ids)}"
+    self.has_mask = "mask" in first
+    if "label" in first and class_names is None:
+      top = max(int(r["label"]) for rs in self._splits.values() for r in rs)
+      class_names = tuple(str(i) for i in range(top + 1))
+    self.class_names = tuple(class_names) if "label" in first else None
+
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(self._splits)
+
+  def split(self, name: str) -> Sequence[Record]:
+    parts = name.split("+")
+    for part in parts:
+      if part not in self._splits:
+        raise _unknown_split(part, self._splits)
+    return _Concat([self._splits[p] for p in parts]) if len(parts) > 1 else self._splits[name]
+
+
+class TfdsSource:
+  """A dataset prepared by ``flaxderm.data.builders.prepare`` in ArrayRecord format.
+
+  Images and masks are read undecoded (``tfds.decode.SkipDecoding``): decoding happens in the
+  pipeline with OpenCV, and scanning a split for its groups/labels does not decode any pixels.
+  """
+
+  def __init__(self, data_cfg: Mapping[str, Any]):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+    from flaxderm.data import builders  # pylint: disable=g-import-not-at-top  (pulls in TF)
+
+    self.builder = builders.prepare(
+        data_cfg["name"], data_dir=data_cfg["data_dir"], manual_dir=data_cfg["manual_dir"],
+        builder_config=data_cfg["builder_config"],
+        builder_kwargs=dict(data_cfg["builder_kwargs"]) or None,
+        skip_bad_examples=data_cfg["skip_bad_examples"])
+    features = self.builder.info.features
+    self.key = f"tfds:{self.builder.info.full_name}@{self.builder.data_dir}"
+    self.has_mask = "mask" in features
+    self.class_names = tuple(features["label"].names) if "label" in features else None
+    self._decoders = {k: tfds.decode.SkipDecoding() for k in ("image", "mask") if k in features}
+
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(self.builder.info.splits.keys())
+
+  def split(self, name: str) -> Sequence[Record]:
+    parts = name.split("+")
+    for part in parts:
+      if part not in self.builder.info.splits:
+        raise _unknown_split(part, self.split_names())
+    sources = [self.builder.as_data_source(p, decoders=self._decoders) for p in parts]
+    return _Concat(sources) if len(sources) > 1 else sources[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _tfds_source(frozen_cfg: str) -> TfdsSource:
+  return TfdsSource(json.loads(frozen_cfg))
+
+
+def open_source(data_cfg: Mapping[str, Any]) -> DataSource:
+  """The TFDS dataset named by ``data_cfg`` (prepared on first use, then reused)."""
+  keys = ("name", "data_dir", "manual_dir", "builder_config", "builder_kwargs",
+          "skip_bad_examples")
+  return _tfds_source(json.dumps({k: _plain(data_cfg[k]) for k in keys}, sort_keys=True))
+
+
+def _plain(value: Any) -> Any:
+  return value.to_dict() if isinstance(value, (ml_collections.ConfigDict,
+                                               ml_collections.FrozenConfigDict)) else value
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits: official, hashed by group, k-fold by group, all.
+
+
+def _text(value: Any) -> str:
+  return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+@functools.lru_cache(maxsize=32)
+def _split_metadata(source: DataSource, name: str) -> tuple[tuple[str, ...], np.ndarray | None]:
+  """(groups, labels or None) of every record of a split, in record order."""
+  records = source.split(name)
+  rows = [records[i] for i in range(len(records))]
+  groups = tuple(_text(r["group"]) if "group" in r else _text(r["id"]) for r in rows)
+  labels = np.asarray([int(r["label"]) for r in rows], np.int64) if source.class_names else None
+  return groups, labels
+
+
+def resolve_split(source: DataSource, cfg: Mapping[str, Any], name: str
+                  ) -> tuple[str, np.ndarray]:
+  """(official split that holds the records, indices of the records in it) for split ``name``.
+
+  With data.split "hashed"/"kfold", "train" and "validation" are parts of data.source_split;
+  with "all", "train" is all of it. Every other name is the dataset's own split.
+  """
+  mode = cfg["split"]
+  derived = {"hashed": ("train", "validation"), "kfold": ("train", "validation"),
+             "all": ("train",)}.get(mode, ())
+  if name not in derived:
+    return name, np.arange(len(source.split(name)))
+  base = cfg["source_split"]
+  if mode == "all":
+    return base, np.arange(len(source.split(base)))
+  groups, labels = _split_metadata(source, base)
+  if mode == "hashed":
+    train, validation = splits_lib.hashed_split(groups)
+  else:
+    train, validation = splits_lib.kfold_split(groups, labels, num_folds=cfg["num_folds"],
+                                               fold=cfg["fold"], seed=cfg["split_seed"])
+  indices = train if name == "train" else validation
+  if indices.size == 0:
+    raise ValueError(f"data.split={mode!r}: split {name!r} of {base!r} is empty")
+  return base, indices
+
+
+# ----------------------------------------------------------------------------------------------
+# Deterministic part: decode, preprocess, resize (cacheable).
+
+_CACHES: dict[tuple[str, str], dict[tuple[str, int], Record]] = {}
+
+
+def clear_cache() -> None:
+  """Drops every in-memory cache of prepared examples (``data.cache``)."""
+  _CACHES.clear()
+
+
+def _prepare_key(cfg: Mapping[str, Any]) -> str:
+  keys = ("preprocess", "image_size", "resize", "crop_fraction")
+  return json.dumps({k: _plain(cfg[k]) for k in keys}, sort_keys=True, default=list)
+
+
+class PreparedSplit(Sequence):
+  """Random access to the prepared records ``indices`` of one official split.
+
+  A prepared record holds ``image`` uint8 (S, S, 3), ``mask`` uint8 (S, S) when the dataset has
+  masks, ``label`` int when it has labels, and ``id``. With ``cache``, prepared records are kept in
+  a process-wide dict keyed by (data, preprocessing config, size), so hair removal runs once per
+  image across epochs, folds and iterators rather than once per step.
+  """
+
+  def __init__(self, source: DataSource, cfg: Mapping[str, Any], split: str,
+               indices: np.ndarray):
+    self._records = source.split(split)
+    self.split = split
+    self.indices = np.asarray(indices, np.int64)
+    self._has_mask = source.has_mask
+    self._has_label = source.class_names is not None
+    self._preprocess = _plain(cfg["preprocess"])
+    self._size = cfg["image_size"]
+    self._resize = dict(mode=cfg["resize"], crop_fraction=cfg["crop_fraction"])
+    self._cache = (_CACHES.setdefault((source.key, _prepare_key(cfg)), {})
+                   if cfg["cache"] else None)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def subset(self, positions: np.ndarray) -> "PreparedSplit":
+    """The same split restricted to ``positions`` (sharing the cache)."""
+    other = object.__new__(PreparedSplit)
+    other.__dict__.update(self.__dict__)
+    other.indices = self.indices[positions]
+    return other
+
+  def __getitem__(self, position: int) -> Record:
+    index = int(self.indices[position])
+    if self._cache is not None:
+      hit = self._cache.get((self.split, index))
+      if hit is not None:
+        return hit
+    prepared = self._prepare(self._records[index])
+    if self._cache is not None:
+      self._cache[(self.split, index)] = prepared
+    return prepared
+
+  def _prepare(self, record: Record) -> Record:
+    image = preprocess_lib.decode_image(record["image"], channels=3)
+    mask = None
+    if self._has_mask:
+      mask = (preprocess_lib.decode_image(record["mask"], channels=1, name="mask")[..., 0] > 0)
+      mask = mask.astype(np.uint8)
+      if mask.shape != image.shape[:2]:
+        raise ValueError(f"example {_text(record['id'])!r}: mask {mask.shape} does not match "
+                         f"image {image.shape[:2]}")
+    image, mask = preprocess_lib.preprocess(image, mask, self._preprocess)
+    image, mask = preprocess_lib.resize(image, mask, self._size, **self._resize)
+    prepared = {"image": image, "id": _text(record["id"])}
+    if mask is not None:
+      prepared["mask"] = mask
+    if self._has_label:
+      prepared["label"] = int(record["label"])
+    return prepared
+
+
+# ----------------------------------------------------------------------------------------------
+# Random part and batch assembly.
+
+
+class _ToBatchRecord:
+  """Prepared record -> contract record (optionally augmented); a class so grain can pickle it
+  into worker processes."""
+
+  def __init__(self, stats: tuple[np.ndarray, np.ndarray] | None,
+               augment: augment_lib.Augmenter | None = None):
+    self._stats = stats
+    self._augment = augment
+
+  def __call__(self, record: Record, rng: np.random.Generator | None = None) -> Record:
+    image = record["image"].astype(np.float32) / 255.0
+    mask = record.get("mask")
+    if self._augment is not None:
+      image, mask = self._augment(image, mask, rng)
+    out = {"image": preprocess_lib.normalize(image, self._stats),
+           "valid": np.float32(record.get("valid", 1.0)), "id": record["id"]}
+    if mask is not None:
+      out["mask"] = mask.astype(np.int32)
+    if "label" in record:
+      out["label"] = np.int32(record["label"])
+    return out
+
+
+def _stack(records: Sequence[Record]) -> dict[str, np.ndarray]:
+  return {key: np.asarray([r[key] for r in records]) for key in records[0]}
+
+
+class _Padded(Sequence):
+  """A prepared split followed by blank ``valid=0`` records up to ``length``."""
+
+  def __init__(self, prepared: PreparedSplit, length: int, blank: Record):
+    self._prepared, self._length, self._blank = prepared, length, blank
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, position: int) -> Record:
+    return self._prepared[position] if position < len(self._prepared) else self._blank
+
+
+def _seed(*parts: int) -> int:
+  """An independent 32-bit seed per (seed, process, stream), so streams never share draws."""
+  return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def _per_process_batch(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                     f"process_count={process_count}")
+  return global_batch_size // process_count
+
+
+def _read_options(cfg: Mapping[str, Any]) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=cfg["read_threads"],
+                           prefetch_buffer_size=max(cfg["prefetch"], 1))
+
+
+def _finish(dataset: grain.MapDataset, cfg: Mapping[str, Any], batch_size: int, *,
+            drop_remainder: bool) -> grain.DatasetIterator:
+  iter_ds = dataset.to_iter_dataset(_read_options(cfg)).batch(
+      batch_size, drop_remainder=drop_remainder, batch_fn=_stack)
+  if cfg["num_workers"] > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app
+      flags.FLAGS.mark_as_parsed()  # (notebooks, pytest) their defaults are what we want
+    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg["num_workers"]))
+  return iter(iter_ds)
+
+
+def _checked(data_cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+  config_lib.validate_data_config(data_cfg)
+  return data_cfg
+
+
+def _source(data_cfg: Mapping[str, Any], source: DataSource | None) -> DataSource:
+  return open_source(data_cfg) if source is None else source
+
+
+def _prepared(source: DataSource, cfg: Mapping[str, Any], name: str) -> PreparedSplit:
+  split, indices = resolve_split(source, cfg, name)
+  return PreparedSplit(source, cfg, split, indices)
+
+
+_STATS_CACHE: dict[tuple[str, str, str], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+
+
+def dataset_statistics(data_cfg: Mapping[str, Any], *, source: DataSource | None = None
+                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel (mean, std) in [0, 1] units of the prepared ``train_split`` images (for
+  ``normalization="dataset"``), computed once per process."""
+  cfg = _checked(data_cfg)
+  source = _source(cfg, source)
+  key = (source.key, _prepare_key(cfg), json.dumps(
+      [cfg[k] for k in ("split", "source_split", "train_split", "fold", "num_folds",
+                        "split_seed")]))
+  if key not in _STATS_CACHE:
+    prepared = _prepared(source, cfg, cfg["train_split"])
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    for i in range(len(prepared)):
+      pixels = prepared[i]["image"].reshape(-1, 3).astype(np.float64) / 255.0
+      total += pixels.sum(0)
+      total_sq += (pixels ** 2).sum(0)
+      count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    logging.info("data: %s mean %s std %s", cfg["train_split"], mean, std)
+    _STATS_CACHE[key] = (tuple(mean.tolist()), tuple(std.tolist()))
+  return _STATS_CACHE[key]
+
+
+def _normalization_stats(source: DataSource, cfg: Mapping[str, Any]):
+  mean, std = cfg["mean"], cfg["std"]
+  if cfg["normalization"] == "dataset" and not mean and not std:
+    mean, std = dataset_statistics(cfg, source=source)
+  return preprocess_lib.normalization_stats(cfg["normalization"], mean, std)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the trainer needs to size its model and metrics.
+
+  ``task`` is "segmentation" (classes background/lesion) or "classification" (the label names);
+  ``label_names`` lists the dataset's labels whatever the task (empty when it has none);
+  ``num_examples`` counts every split name the config can read (derived splits included).
+  """
+  task: str
+  num_classes: int
+  class_names: tuple[str, ...]
+  num_examples: dict[str, int]
+  label_names: tuple[str, ...] = ()
+
+
+def _task(source: DataSource, cfg: Mapping[str, Any]) -> str:
+  task = cfg["task"] or ("segmentation" if source.has_mask else "classification")
+  if task == "segmentation" and not source.has_mask:
+    raise ValueError(f"data.task='segmentation' but dataset {cfg['name']!r} has no masks")
+  if task == "classification" and source.class_names is None:
+    raise ValueError(f"data.task='classification' but dataset {cfg['name']!r} has no labels")
+  return task
+
+
+def dataset_info(data_cfg: Mapping[str, Any], *, source: DataSource | None = None
+                 ) -> DatasetInfo:
+  """Task, classes and split sizes of the configured dataset."""
+  cfg = _checked(data_cfg)
+  source = _source(cfg, source)
+  task = _task(source, cfg)
+  names = list(source.split_names())
+  names += [n for n in ("train", "validation") if n not in names]
+  num_examples = {}
+  for name in names:
+    try:
+      num_examples[name] = len(resolve_split(source, cfg, name)[1])
+    except ValueError:  # e.g. "validation" of a dataset with a single official part
+      continue
+  labels = source.class_names or ()
+  class_names = SEGMENTATION_CLASSES if task == "segmentation" else labels
+  return DatasetInfo(task=task, num_classes=len(class_names), class_names=tuple(class_names),
+                     num_examples=num_examples, label_names=tuple(labels))
+
+
+def make_train_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, seed: int,
+                        process_index: int = 0, process_count: int = 1,
+                        source: DataSource | None = None) -> grain.DatasetIterator:
+  """Infinite iterator of augmented per-process training batches of ``data_cfg.train_split``.
+
+  Each process reads records ``process_index::process_count`` of the split, so hosts never see
+  the same record in an epoch. Shuffling reshuffles every epoch; with ``class_balanced`` every
+  label gets an equal share of the stream (one reshuffled, repeated stream per class, mixed by
+  grain), which oversamples rare classes. Deterministic in (seed, process_index); checkpoint with
+  ``get_state()`` / ``set_state()``.
+  """
+  cfg = _checked(data_cfg)
+  source = _source(cfg, source)
+  batch_size = _per_process_batch(global_batch_size, process_count)
+  prepared = _prepared(source, cfg, cfg["train_split"])
+  local = splits_lib.shard(np.arange(len(prepared)), process_index, process_count)
+  if local.size == 0:
+    raise ValueError(f"split {cfg['train_split']!r} has no records for process {process_index} "
+                     f"of {process_count}")
+
+  def stream(positions: np.ndarray, stream_id: int) -> grain.MapDataset:
+    dataset = grain.MapDataset.source(prepared.subset(positions))
+    if cfg["shuffle"]:
+      dataset = dataset.shuffle(seed=_seed(seed, process_index, stream_id))
+    return dataset.repeat()
+
+  if cfg["class_balanced"]:
+    if source.class_names is None:
+      raise ValueError(f"data.class_balanced needs labels; dataset {cfg['name']!r} has none")
+    _, labels = _split_metadata(source, prepared.split)
+    local_labels = labels[prepared.indices[local]]
+    classes = np.unique(local_labels)
+    dataset = grain.MapDataset.mix(
+        [stream(local[local_labels == c], 2 + int(c)) for c in classes],
+        weights=[1.0] * len(classes))
+  else:
+    dataset = stream(local, 0)
+  transform = _ToBatchRecord(_normalization_stats(source, cfg),
+                             augment_lib.Augmenter(_plain(cfg["augment"])))
+  dataset = dataset.random_map(transform, seed=_seed(seed, process_index, 1))
+  return _finish(dataset, cfg, batch_size, drop_remainder=True)
+
+
+def make_eval_iterator(data_cfg: Mapping[str, Any], split: str | None = None, *,
+                       global_batch_size: int, process_index: int = 0, process_count: int = 1,
+                       source: DataSource | None = None) -> grain.DatasetIterator:
+  """One pass over ``split`` (default ``data_cfg.eval_split``) without augmentation.
+
+  Every process yields the same number of full batches; the tail is padded with blank records
+  (``valid=0``, ``id=""``), so shapes stay static and padding never counts in metrics.
+  """
+  cfg = _checked(data_cfg)
+  source = _source(cfg, source)
+  batch_size = _per_process_batch(global_batch_size, process_count)
+  prepared = _prepared(source, cfg, split or cfg["eval_split"])
+  local = prepared.subset(splits_lib.shard(np.arange(len(prepared)), process_index,
+                                           process_count))
+  num_batches = math.ceil(math.ceil(len(prepared) / process_count) / batch_size)
+  size = cfg["image_size"]
+  blank = {"image": np.zeros((size, size, 3), np.uint8), "id": "", "valid": 0.0}
+  if source.has_mask:
+    blank["mask"] = np.zeros((size, size), np.uint8)
+  if source.class_names is not None:
+    blank["label"] = 0
+  dataset = grain.MapDataset.source(_Padded(local, num_batches * batch_size, blank))
+  dataset = dataset.map(_ToBatchRecord(_normalization_stats(source, cfg)))
+  return _finish(dataset, cfg, batch_size, drop_remainder=False)

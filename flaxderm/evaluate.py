@@ -1,0 +1,180 @@
+"""Scoring: a model's parameters on a dataset split, as set metrics and as one row per case.
+
+Used during training (validation every N steps; ``flaxderm.train.loop``) and afterwards on a run
+directory::
+
+    python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
+
+which loads the run's config and its final parameters (``config.final_params`` and
+``config.use_ema`` unless ``--params`` says otherwise) and scores them on the run's validation
+set, or -- with ``--manual-dir`` -- on all of the dataset found in DIR (same layout as the official
+release), prepared into a temporary folder so no other prepared copy is read. It writes
+``RUN/evaluation/cases.csv`` (per case) and ``RUN/evaluation/metrics.json``, and prints the
+metrics as one JSON line, last.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from flaxderm import metrics as metrics_lib
+from flaxderm.data import pipeline
+from flaxderm.train import checkpoint as checkpoint_lib
+from flaxderm.train import config as config_lib
+from flaxderm.train import parallel as parallel_lib
+from flaxderm.train import setup
+from flaxderm.train import step as step_lib
+from flaxderm.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+Batch = Mapping[str, np.ndarray]
+# Per-case columns of a segmentation result table: the per-image reductions of one image.
+SEGMENTATION_COLUMNS = ("dice/per_image", "jaccard/per_image", "jaccard/isic_thresholded",
+                        "sensitivity/per_image", "specificity/per_image",
+                        "pixel_accuracy/per_image")
+
+
+def eval_batches(data_cfg: ml_collections.ConfigDict, split: str | None, batch_size: int
+                 ) -> Iterable[dict[str, np.ndarray]]:
+  """This process's padded evaluation batches of ``split`` (default ``data_cfg.eval_split``)."""
+  return pipeline.make_eval_iterator(data_cfg, split, global_batch_size=batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+
+
+def evaluate_stats(eval_step: Callable, state: TrainState, batches: Iterable[Batch],
+                   par: parallel_lib.DataParallel) -> dict[str, np.ndarray]:
+  """Summed metric statistics of a compiled ``eval_step`` over ``batches`` (host accumulation,
+  64-bit, so large sets cannot overflow pixel counts)."""
+  total = None
+  for batch in batches:
+    batch = {k: v for k, v in batch.items() if k != "id"}
+    total = metrics_lib.merge(total, par.fetch(eval_step(state, par.shard_batch(batch))))
+  if total is None:
+    raise ValueError("evaluation split is empty")
+  return total
+
+
+def evaluate_cases(case_step: Callable, state: TrainState, batches: Iterable[Batch],
+                   par: parallel_lib.DataParallel, task: step_lib.Task
+                   ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+  """(one row per real example, summed stats) of a compiled ``case_step`` over ``batches``."""
+  rows, total = [], None
+  for batch in batches:
+    ids = par.gather(np.asarray(batch.pop("id")))
+    out = par.gather(case_step(state, par.shard_batch(batch)))
+    valid = par.gather(np.asarray(batch["valid"])) > 0
+    labels = par.gather(np.asarray(batch[task.label_key]))
+    total = metrics_lib.merge(total, step_lib.sum_stats(out["stats"]))
+    for i in np.flatnonzero(valid):
+      one = {k: v[i] for k, v in out["stats"].items()}
+      probs = out["probs"][i] if "probs" in out else None
+      rows.append(_case_row(task, str(ids[i]), one, labels[i], probs))
+  if total is None:
+    raise ValueError("evaluation split is empty")
+  return rows, total
+
+
+def _case_row(task: step_lib.Task, case_id: str, stats: Mapping[str, np.ndarray], label: Any,
+              probs: np.ndarray | None) -> dict[str, Any]:
+  row: dict[str, Any] = {"id": case_id}
+  if task.kind == "segmentation":
+    summary = task.summarize(stats)
+    row.update({k: summary[k] for k in SEGMENTATION_COLUMNS})
+    row["lesion_pixels"] = int(np.asarray(stats["tp"])[1] + np.asarray(stats["fn"])[1])
+    return row
+  names = task.class_names
+  if probs.shape[-1] == 1:  # sigmoid output of a binary classifier
+    probs = np.concatenate([1 - probs, probs])
+  row["label"] = names[int(label)]
+  row["prediction"] = names[int(np.argmax(probs))]
+  row.update({f"prob/{n}": float(p) for n, p in zip(names, probs)})
+  return row
+
+
+def write_cases(path: Path, rows: list[dict[str, Any]]) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def json_line(metrics: Mapping[str, float]) -> str:
+  """Metrics as one JSON line (NaN written as null)."""
+  return json.dumps({k: (v if isinstance(v, float) and math.isfinite(v) else
+                         None if isinstance(v, float) else v) for k, v in metrics.items()},
+                    sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring a run directory.
+
+
+def _scoring_data(cfg: ml_collections.ConfigDict, manual_dir: str | None, scratch: str | None
+                  ) -> tuple[ml_collections.ConfigDict, str]:
+  """(data config, split) to score on: the run's validation set, or all of ``manual_dir``'s
+  dataset prepared into ``scratch``."""
+  data_cfg = setup.eval_data_config(cfg)
+  if manual_dir is None:
+    return data_cfg, data_cfg.eval_split
+  if not Path(manual_dir).is_dir():
+    raise ValueError(f"--manual-dir {manual_dir}: no such directory")
+  data_cfg.manual_dir = str(Path(manual_dir).resolve())
+  data_cfg.data_dir = scratch
+  data_cfg.split = "official"
+  setup.dataset_info(data_cfg)  # prepares it, or says how to get the files
+  return data_cfg, "+".join(pipeline.open_source(data_cfg).split_names())
+
+
+def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
+                 params: str | None = None, use_ema: bool | None = None,
+                 batch_size: int | None = None) -> dict[str, float]:
+  """Scores a training run's final parameters; see the module docstring. Returns the metrics."""
+  workdir = Path(workdir).resolve()
+  cfg = config_lib.load_config(workdir / "config.json")
+  info = setup.RunInfo.load(workdir)
+  which = params or cfg.final_params
+  if which not in config_lib.FINAL_PARAMS:
+    raise ValueError(f"--params must be one of {config_lib.FINAL_PARAMS}, got {which!r}")
+  use_ema = cfg.use_ema if use_ema is None else use_ema
+  par = parallel_lib.DataParallel("auto")
+  batch_size = batch_size or cfg.eval.batch_size
+  par.check_batch_size(batch_size, "eval.batch_size")
+  task = setup.make_task(cfg, info)
+  model = setup.make_model(cfg, info)
+  size = cfg.data.image_size
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                               np.zeros((1, size, size, 3), np.float32)))
+  target = setup.weights_of(abstract, cfg.optimizer.ema_decay > 0)
+  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  weights, step = checkpoints.restore_weights(which, target, par.replicated)
+  state = TrainState(step=None, params=weights["params"], batch_stats=weights["batch_stats"],
+                     opt_state=None, rng=None, ema_params=weights["ema_params"])
+  case_step = par.compile_case_step(step_lib.make_case_step(model, task, cfg, use_ema=use_ema))
+  with tempfile.TemporaryDirectory(prefix="flaxderm-eval-") as scratch:
+    data_cfg, split = _scoring_data(cfg, manual_dir, scratch if manual_dir else None)
+    with jax.set_mesh(par.mesh):
+      rows, stats = evaluate_cases(case_step, state, eval_batches(data_cfg, split, batch_size),
+                                   par, task)
+  metrics = task.summarize(stats)
+  out = workdir / "evaluation"
+  if jax.process_index() == 0:
+    write_cases(out / "cases.csv", rows)
+    (out / "metrics.json").write_text(json.dumps(
+        {"dataset": data_cfg.name, "split": split, "manual_dir": manual_dir, "params": which,
+         "ema": use_ema, "step": step, "metrics": json.loads(json_line(metrics))}, indent=2) + "\n")
+  log.info("scored %s params of step %d on %s/%s: %d cases", which, step, data_cfg.name, split,
+           len(rows))
+  return metrics

@@ -1,0 +1,157 @@
+"""From a config to the pieces a run is made of: what the data is, the task, the model, its
+initial variables. Shared by training (``loop``) and scoring (``flaxderm.evaluate``).
+
+What a run learnt about its data (task, classes, output channels) is saved with it as
+``run_info.json``, so a run can be scored later on another copy of the data without reading the
+training set again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flaxderm import losses
+from flaxderm.data import pipeline
+from flaxderm.models import create_model, pretrained
+from flaxderm.train import config as config_lib
+from flaxderm.train.step import Task
+
+log = logging.getLogger(__name__)
+
+RUN_INFO = "run_info.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+  """task: "segmentation"/"classification"; class_names: the classes metrics report;
+  output_channels: the model's num_classes (1 = sigmoid for binary segmentation)."""
+  task: str
+  class_names: tuple[str, ...]
+  output_channels: int
+
+  def save(self, workdir: Path) -> None:
+    (workdir / RUN_INFO).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+  @classmethod
+  def load(cls, workdir: Path) -> "RunInfo":
+    path = workdir / RUN_INFO
+    if not path.exists():
+      raise ValueError(f"{path} does not exist: {workdir} is not a flaxderm training run")
+    saved = json.loads(path.read_text())
+    return cls(saved["task"], tuple(saved["class_names"]), saved["output_channels"])
+
+
+def dataset_info(data_cfg: ml_collections.ConfigDict) -> pipeline.DatasetInfo:
+  """``pipeline.dataset_info``, with a dataset that cannot be prepared reported as what to do."""
+  from flaxderm.data import builders  # pylint: disable=g-import-not-at-top  (pulls in TF)
+
+  if data_cfg.name not in builders.BUILDERS:
+    raise ValueError(f"config.data.name: unknown dataset {data_cfg.name!r}; expected one of "
+                     f"{sorted(builders.BUILDERS)}")
+  try:
+    source = pipeline.open_source(data_cfg)
+  except Exception as e:  # any failure to prepare: say how to get the files, keep the cause
+    raise ValueError(
+        f"dataset {data_cfg.name!r} is not prepared and could not be prepared from "
+        f"data.manual_dir={data_cfg.manual_dir!r} (data.data_dir={data_cfg.data_dir!r}): {e}\n"
+        f"Put the official download in a folder and pass --config.data.manual_dir=FOLDER; it is "
+        f"prepared once into data.data_dir (default $FLAXDERM_DATA_DIR or "
+        f"~/tensorflow_datasets).") from e
+  return pipeline.dataset_info(data_cfg, source=source)
+
+
+def run_info(cfg: ml_collections.ConfigDict) -> RunInfo:
+  """Task, classes and model outputs for ``cfg`` from the training dataset."""
+  info = dataset_info(cfg.data)
+  channels = cfg.model.num_classes or (1 if info.task == "segmentation" and info.num_classes == 2
+                                       else info.num_classes)
+  return RunInfo(info.task, tuple(info.class_names), channels)
+
+
+def class_weights(cfg: ml_collections.ConfigDict, info: RunInfo) -> tuple[float, ...] | None:
+  """Loss class weights from the training label counts (``loss.class_weight_power`` > 0)."""
+  power = cfg.loss.class_weight_power
+  if power <= 0:
+    return None
+  if info.task != "classification":
+    raise ValueError("config.loss.class_weight_power applies to classification; for segmentation "
+                     "set config.loss.kwargs.class_weights (background, lesion) explicitly")
+  if "class_weights" in cfg.loss.kwargs:
+    raise ValueError("config.loss: give either loss.kwargs.class_weights or "
+                     "loss.class_weight_power, not both")
+  source = pipeline.open_source(cfg.data)
+  split, indices = pipeline.resolve_split(source, cfg.data, cfg.data.train_split)
+  records = source.split(split)
+  counts = np.bincount([int(records[int(i)]["label"]) for i in indices],
+                       minlength=len(info.class_names))
+  weights = losses.class_weights_from_counts(counts, power=power)
+  log.info("class weights %s from training counts %s", weights.round(4).tolist(), counts.tolist())
+  return tuple(float(w) for w in weights)
+
+
+def make_task(cfg: ml_collections.ConfigDict, info: RunInfo, *, weights=None) -> Task:
+  kwargs = dict(cfg.loss.kwargs)
+  if weights is not None:
+    kwargs["class_weights"] = weights
+  try:
+    loss_fn = losses.get_loss(cfg.loss.name, **kwargs)
+  except ValueError as e:
+    raise ValueError(f"config.loss: {e}") from None
+  num_classes = max(len(info.class_names), 2)
+  return Task(info.task, num_classes, info.class_names, loss_fn)
+
+
+def make_model(cfg: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:
+  kwargs = dict(cfg.model.kwargs)
+  if cfg.compute_dtype != "float32":
+    kwargs["dtype"] = jnp.dtype(cfg.compute_dtype)
+  try:
+    return create_model(cfg.model.name, num_classes=info.output_channels, **kwargs)
+  except ValueError as e:
+    raise ValueError(f"config.model: {e}") from None
+
+
+def init_variables(model: nn.Module, cfg: ml_collections.ConfigDict) -> tuple[dict[str, Any], Any]:
+  """(initial variables, encoder/decoder labels of the params or None): fresh, or from
+  ``model.pretrained`` (whose input normalisation is then written into ``cfg.data`` and
+  ``cfg.eval_data``, so the pipeline feeds what the weights expect)."""
+  size = cfg.data.image_size
+  if cfg.model.pretrained:
+    variables, weights_info = pretrained.load_pretrained(
+        model, cfg.model.pretrained, arch=cfg.model.name, rng=jax.random.key(cfg.seed),
+        input_size=size)
+    updates = weights_info.data_config_updates()
+    log.info("pretrained %s: data normalisation %s", weights_info.source, updates)
+    cfg.data.update(updates)
+    if cfg.eval_data:
+      cfg.eval_data.update(updates)
+    labels = pretrained.param_labels(variables["params"], model, arch=cfg.model.name)
+    return dict(variables), labels
+  dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+  # Initial values are drawn with the "rbg" generator: XLA:CPU compiles a model's initialiser
+  # about 5-10x faster with it than with threefry (seconds per run), and any seeded draw will do.
+  rngs = {"params": jax.random.key(cfg.seed, impl="rbg"),
+          "dropout": jax.random.key(cfg.seed + 1, impl="rbg")}
+  variables = jax.jit(lambda: model.init(rngs, dummy, train=False))()
+  return dict(variables), None
+
+
+def eval_data_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return config_lib.merged_data_config(cfg.data, cfg.eval_data)
+
+
+def weights_of(variables: Mapping[str, Any], ema: bool) -> dict[str, Any]:
+  """A variables dict shaped as the checkpoints' ``weights`` item."""
+  params = variables["params"]
+  return {"params": params, "batch_stats": variables.get("batch_stats", {}),
+          "ema_params": params if ema else None}

@@ -1,0 +1,176 @@
+"""The update and evaluation steps, shared by segmentation and classification.
+
+A ``Task`` decides what is learnt (which labels, which loss, which metrics); the steps are the same
+for both. Steps are written for one program over the global batch (``config.parallel="auto"``:
+``jax.jit`` over a device mesh, where BatchNorm statistics and loss means are global already) and,
+given ``axis_name``, per device (``"pmap"``: gradients and the loss are averaged with
+``lax.pmean``; BatchNorm statistics are synchronised by ``parallel.synced_batchnorm``). The two
+agree whenever the loss is a mean over examples (Dice, unweighted cross-entropy); a loss that
+normalises by the batch's own weights (class-weighted cross-entropy) is averaged per device in
+"pmap" mode, as per-device research code usually does.
+
+``train_step(state, batch, progress) -> (state, metrics)``: ``progress`` in [0, 1] is computed on
+the host (step / total steps, or elapsed / budget) and sets the learning rate through the
+schedule. A step whose loss or gradient is not finite leaves the state unchanged (but for the step
+count) and reports ``finite = False``, so the last good state is never overwritten.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from flaxderm import metrics as metrics_lib
+from flaxderm.train import optim
+from flaxderm.train.state import TrainState, step_key
+
+Batch = Mapping[str, jax.Array]
+TASKS = ("segmentation", "classification")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What the model learns. kind: "segmentation" or "classification"; num_classes: the classes
+  metrics are computed over (2 for binary segmentation, however many logit channels);
+  class_names: their names for the summaries; loss_fn: ``(logits, labels, *, mask) -> scalar``."""
+  kind: str
+  num_classes: int
+  class_names: tuple[str, ...]
+  loss_fn: Callable[..., jax.Array]
+
+  def __post_init__(self):
+    if self.kind not in TASKS:
+      raise ValueError(f"task must be one of {TASKS}, got {self.kind!r}")
+
+  @property
+  def label_key(self) -> str:
+    return "mask" if self.kind == "segmentation" else "label"
+
+  def loss(self, logits: jax.Array, batch: Batch) -> jax.Array:
+    return self.loss_fn(logits.astype(jnp.float32), batch[self.label_key], mask=batch["valid"])
+
+  def stats(self, logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Summable metric statistics of a batch (padding excluded by ``valid``)."""
+    labels, valid = batch[self.label_key], batch["valid"]
+    if self.kind == "segmentation":
+      return metrics_lib.segmentation_stats(logits, labels, valid=valid)
+    return metrics_lib.classification_stats(logits, labels, num_classes=self.num_classes,
+                                            valid=valid)
+
+  def summarize(self, stats: Mapping[str, Any]) -> dict[str, float]:
+    if self.kind == "segmentation":
+      return metrics_lib.summarize_segmentation(stats, class_names=self.class_names)
+    return metrics_lib.summarize_classification(stats, class_names=self.class_names)
+
+  @property
+  def default_metric(self) -> str:
+    return "dice/per_image" if self.kind == "segmentation" else "accuracy"
+
+
+def main_output(outputs: Any) -> jax.Array:
+  """The task logits: models with an auxiliary head return ``(mask_logits, class_logits)``."""
+  return outputs[0] if isinstance(outputs, tuple) else outputs
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task: Task,
+                    cfg: ml_collections.ConfigDict, *, axis_name: str | None = None
+                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+  """``train_step(state, batch, progress)``; per device when ``axis_name`` is given."""
+  dtype = jnp.dtype(cfg.compute_dtype)
+  ema_decay = cfg.optimizer.ema_decay
+  accumulating = cfg.optimizer.accumulate_steps > 1
+
+  def train_step(state: TrainState, batch: Batch, progress: jax.Array):
+    key = step_key(state)
+    if axis_name is not None:  # different dropout masks on each device's examples
+      key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    images = batch["image"].astype(dtype)
+
+    def loss_fn(params):
+      variables = {"params": params, "batch_stats": state.batch_stats}
+      outputs, updated = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                     rngs={"dropout": key})
+      return task.loss(main_output(outputs), batch), updated.get("batch_stats", {})
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+      grads, loss = jax.lax.pmean((grads, loss), axis_name)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    lr = optim.learning_rate(cfg, progress)
+    params = optax.apply_updates(state.params, optim.scaled_updates(updates, lr))
+    ema = state.ema_params
+    if ema is not None:
+      new_ema = optim.ema_update(ema, params, ema_decay)
+      if accumulating:  # average the parameters only when MultiSteps has applied an update
+        applied = opt_state.mini_step == 0
+        new_ema = jax.tree.map(lambda n, o: jnp.where(applied, n, o), new_ema, ema)
+      ema = new_ema
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updated = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
+                            ema_params=ema)
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "finite": finite}
+    return kept.replace(step=state.step + 1), metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict, *,
+                   use_ema: bool) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+  """``eval_step(state, batch) -> stats`` summed over the (global) batch."""
+  dtype = jnp.dtype(cfg.compute_dtype)
+
+  def eval_step(state: TrainState, batch: Batch):
+    outputs = model.apply(state.variables(use_ema=use_ema), batch["image"].astype(dtype),
+                          train=False)
+    return task.stats(main_output(outputs), batch)
+
+  return eval_step
+
+
+def make_case_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict, *,
+                   use_ema: bool) -> Callable[[TrainState, Batch], dict[str, Any]]:
+  """``case_step(state, batch) -> {"stats": per-example stats, "probs": (N, K) or absent}``: the
+  metric statistics of each example on its own (leading axis N), and for classification the
+  class probabilities, for per-case result tables."""
+  dtype = jnp.dtype(cfg.compute_dtype)
+
+  def case_step(state: TrainState, batch: Batch):
+    outputs = model.apply(state.variables(use_ema=use_ema), batch["image"].astype(dtype),
+                          train=False)
+    logits = main_output(outputs).astype(jnp.float32)
+    one = {k: batch[k] for k in (task.label_key, "valid")}
+    per_case = jax.vmap(lambda lg, ex: task.stats(lg[None], jax.tree.map(lambda v: v[None], ex)))
+    out = {"stats": per_case(logits, one)}
+    if task.kind == "classification":
+      out["probs"] = (jax.nn.sigmoid(logits) if logits.shape[-1] == 1
+                      else jax.nn.softmax(logits, axis=-1))
+    return out
+
+  return case_step
+
+
+def make_predict_step(model: nn.Module, cfg: ml_collections.ConfigDict, *, use_ema: bool
+                      ) -> Callable[[TrainState, jax.Array], jax.Array]:
+  """``predict(state, images) -> logits`` in float32 (for visualisation)."""
+  dtype = jnp.dtype(cfg.compute_dtype)
+
+  def predict(state: TrainState, images: jax.Array):
+    outputs = model.apply(state.variables(use_ema=use_ema), images.astype(dtype), train=False)
+    return main_output(outputs).astype(jnp.float32)
+
+  return predict
+
+
+def sum_stats(per_case: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Per-example stats (leading axis) summed into set stats, on the host in 64 bits."""
+  return {k: np.asarray(v).astype(np.promote_types(np.asarray(v).dtype, np.int64)).sum(0)
+          for k, v in per_case.items()}

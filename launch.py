@@ -1,0 +1,165 @@
+"""flaxderm's entry point: parses the command line, then hands over to the engine.
+
+    python launch.py                                  # the default experiment (a few CPU minutes)
+    python launch.py EXPERIMENT[:runlocal] [--config.KEY=VALUE ...] [--workdir DIR] [--resume]
+    python launch.py EXPERIMENT --sweep               # every run of the experiment's sweep()
+    python launch.py --list                           # experiments, one line each
+    python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
+
+EXPERIMENT names a file ``experiments/EXPERIMENT.py`` whose ``get_config(arg)`` returns the config
+(``:runlocal`` passes "runlocal": a seconds-long smoke run of the same experiment). Multi-host:
+``--coordinator_address HOST:PORT --num_processes N --process_id I`` on every process, or nothing
+under SLURM / Open MPI (detected). The work directory defaults to ``runs/EXPERIMENT``.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent
+EXPERIMENTS = ROOT / "experiments"
+DEFAULT_EXPERIMENT = "default"
+
+
+def experiment_names() -> list[str]:
+  return sorted(p.stem for p in EXPERIMENTS.glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_experiment(name: str) -> ModuleType:
+  """The module ``experiments/<name>.py``; ValueError naming the close matches when absent."""
+  path = EXPERIMENTS / f"{name}.py"
+  if not path.is_file():
+    close = difflib.get_close_matches(name, experiment_names(), n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown experiment {name!r}{hint} (python launch.py --list shows all)")
+  if str(ROOT) not in sys.path:  # experiments import their shared pieces as experiments.*
+    sys.path.insert(0, str(ROOT))
+  return importlib.import_module(f"experiments.{name}")
+
+
+def summary(module: ModuleType) -> str:
+  return (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+
+
+def experiment_config(spec: str, overrides: list[str]):
+  """The config of ``NAME[:ARG]`` with ``--config.key=value`` overrides applied."""
+  from flaxderm.train import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  name, _, arg = spec.partition(":")
+  cfg = load_experiment(name).get_config(arg or None)
+  for item in overrides:
+    key, sep, value = item[len("--config."):].partition("=")
+    if not sep:
+      raise ValueError(f"{item}: write overrides as --config.KEY=VALUE")
+    config_lib.apply_override(cfg, key, value)
+  return cfg
+
+
+def _hide_gpus_from_tensorflow() -> None:
+  """TFDS imports TensorFlow, which would reserve GPU memory JAX needs; it only reads files."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  tf.config.set_visible_devices([], "GPU")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT,
+                      help="experiments/NAME.py (optionally NAME:ARG), or 'evaluate'")
+  parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+  parser.add_argument("--workdir", help="run directory (default runs/EXPERIMENT)")
+  parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+  parser.add_argument("--sweep", action="store_true",
+                      help="run every config of the experiment's sweep() into workdir/<name>")
+  parser.add_argument("--manual-dir", help="evaluate: score all of the dataset in this folder")
+  parser.add_argument("--params", choices=("last", "best"),
+                      help="evaluate: which parameters (default: the run's config.final_params)")
+  parser.add_argument("--coordinator_address", help="multi-host: HOST:PORT of process 0")
+  parser.add_argument("--num_processes", type=int, help="multi-host: number of processes")
+  parser.add_argument("--process_id", type=int, help="multi-host: this process's index")
+  return parser
+
+
+def _train(args, overrides: list[str]) -> None:
+  from flaxderm.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from flaxderm.train import loop  # pylint: disable=g-import-not-at-top
+
+  name = args.experiment.partition(":")[0]
+  workdir = Path(args.workdir or Path("runs") / name)
+  cfg = experiment_config(args.experiment, overrides)
+  runs = [(workdir, cfg)]
+  if args.sweep:
+    module = load_experiment(name)
+    if not hasattr(module, "sweep"):
+      raise ValueError(f"experiment {name!r} defines no sweep()")
+    runs = []
+    for run_name, changes in module.sweep():
+      run_cfg = experiment_config(args.experiment, overrides)
+      for key, value in changes.items():
+        config_lib.apply_override(run_cfg, key, str(value))
+      runs.append((workdir / run_name, run_cfg))
+  for run_dir, run_cfg in runs:
+    results = loop.train(run_cfg, run_dir, resume=args.resume)
+    metric = results["best_metric"]
+    print(f"{run_dir}: validation {metric} = {results['validation'][metric]:.4f} "
+          f"({results['params']} params, step {results['params_step']})", flush=True)
+
+
+def main(argv: list[str]) -> int:
+  args, rest = _parser().parse_known_args(argv)
+  overrides = [a for a in rest if a.startswith("--config.")]
+  unknown = [a for a in rest if not a.startswith("--config.")]
+  if unknown:
+    print(f"launch.py: unrecognised arguments {unknown}; see python launch.py --help",
+          file=sys.stderr)
+    return 2
+  if args.list:
+    for name in experiment_names():
+      print(f"{name:32s} {summary(load_experiment(name))}")
+    return 0
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    if args.experiment != "evaluate":  # a bad name or key fails before the slow imports
+      experiment_config(args.experiment, overrides)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  # TensorFlow (under TFDS) only reads files: quiet, and away from the GPUs JAX uses.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  _hide_gpus_from_tensorflow()
+  from flaxderm.train import loop  # pylint: disable=g-import-not-at-top
+  from flaxderm.train import parallel  # pylint: disable=g-import-not-at-top
+
+  try:
+    if args.experiment == "evaluate":
+      from flaxderm import evaluate  # pylint: disable=g-import-not-at-top
+
+      if not args.workdir:
+        raise ValueError("evaluate needs --workdir RUN (a training run directory)")
+      metrics = evaluate.evaluate_run(args.workdir, manual_dir=args.manual_dir,
+                                      params=args.params)
+      print(evaluate.json_line(metrics), flush=True)
+      return 0
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id)
+    _train(args, overrides)
+  except (ValueError, loop.NonFiniteLossError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

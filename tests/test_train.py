@@ -1,0 +1,323 @@
+"""Training engine: schedules, optimisers, config, the train step, checkpoints and the loop.
+
+Everything runs on the real modules (U-Net, losses, metrics, the synthetic_lesions builder) at
+16-32 px. Multi-device, multi-process and kill/resume proofs are in test_train_parallel.py and
+test_train_resume.py.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from flaxderm import evaluate as evaluate_lib
+from flaxderm.train import checkpoint as checkpoint_lib
+from flaxderm.train import config as config_lib
+from flaxderm.train import loop, optim, parallel, setup
+from flaxderm.train import step as step_lib
+from flaxderm.train.state import create_train_state
+
+SEGMENTATION = setup.RunInfo("segmentation", ("background", "lesion"), 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prepared_data_dir(tmp_path_factory):
+  """A private TFDS folder, so parallel test workers never prepare into the same one."""
+  previous = os.environ.get("FLAXDERM_DATA_DIR")
+  os.environ["FLAXDERM_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+  yield os.environ["FLAXDERM_DATA_DIR"]
+  if previous is None:
+    del os.environ["FLAXDERM_DATA_DIR"]
+  else:
+    os.environ["FLAXDERM_DATA_DIR"] = previous
+
+
+def tiny_config(**changes) -> ml_collections.ConfigDict:
+  """A 2-level, width-4 U-Net on 32 px synthetic lesions (24 train / 8 validation images)."""
+  c = config_lib.default_config()
+  c.model.kwargs = {"base_width": 4, "depth": 2}
+  c.data.image_size = 32
+  c.data.builder_kwargs = {"num_train": 24, "num_validation": 8, "num_test": 4, "image_size": 32}
+  c.batch_size = 4
+  c.num_epochs = 0
+  c.num_steps = 6
+  c.eval.every_steps = 3
+  c.eval.batch_size = 8
+  c.log_every_steps = 2
+  c.progress_bar = False
+  c.visualize_images = 2
+  for key, value in changes.items():
+    config_lib.apply_override(c, key, str(value))
+  return c
+
+
+def random_batch(n=4, size=16, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
+          "mask": (rng.uniform(size=(n, size, size)) > 0.6).astype(np.int32),
+          "valid": np.ones(n, np.float32)}
+
+
+def build(cfg):
+  model = setup.make_model(cfg, SEGMENTATION)
+  task = setup.make_task(cfg, SEGMENTATION)
+  variables, _ = setup.init_variables(model, cfg)
+  tx = optim.make_optimizer(cfg.optimizer, variables["params"])
+  state = create_train_state(variables, tx, seed=cfg.seed, ema=cfg.optimizer.ema_decay > 0)
+  step = jax.jit(step_lib.make_train_step(model, tx, task, cfg))
+  return state, step
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedules and optimisers.
+
+
+def test_schedules_at_known_points():
+  def value(name, p, **kw):
+    cfg = config_lib.default_config().schedule
+    cfg.update(name=name, **kw)
+    return float(optim.schedule_fn(cfg)(jnp.float32(p)))
+
+  assert value("constant", 0.7) == 1.0
+  assert value("cosine", 0.0) == pytest.approx(1.0)
+  assert value("cosine", 0.5) == pytest.approx(0.5)
+  assert value("cosine", 1.0, final_fraction=0.1) == pytest.approx(0.1)
+  assert value("warmup_cosine", 0.0, warmup_fraction=0.2) == 0.0
+  assert value("warmup_cosine", 0.1, warmup_fraction=0.2) == pytest.approx(0.5)
+  assert value("warmup_cosine", 0.2, warmup_fraction=0.2) == pytest.approx(1.0)
+  assert value("warmup_cosine", 0.6, warmup_fraction=0.2) == pytest.approx(0.5, abs=1e-6)
+  assert value("step", 0.49) == 1.0
+  assert value("step", 0.5) == pytest.approx(0.1)
+  assert value("step", 0.9) == pytest.approx(0.01)
+
+
+def test_one_cycle_matches_optax_over_steps():
+  cfg = config_lib.default_config().schedule
+  cfg.update(name="one_cycle", warmup_fraction=0.25)
+  ours = optim.schedule_fn(cfg)
+  reference = optax.cosine_onecycle_schedule(100, 1.0, pct_start=0.25, div_factor=25.0,
+                                             final_div_factor=1e4)
+  for s in (0, 10, 25, 60, 100):
+    assert float(ours(jnp.float32(s / 100))) == pytest.approx(float(reference(s)), rel=1e-4)
+
+
+def _params():
+  rng = np.random.default_rng(1)
+  return {"dense": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+                    "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)},
+          "norm": {"scale": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}}
+
+
+@pytest.mark.parametrize("name,options,reference", [
+    ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+     lambda lr, mask: optax.chain(optax.add_decayed_weights(0.01, mask),
+                                  optax.sgd(lr, momentum=0.9, nesterov=True))),
+    ("adam", dict(weight_decay=0.0), lambda lr, mask: optax.adam(lr)),
+    ("adamw", dict(weight_decay=0.05),
+     lambda lr, mask: optax.adamw(lr, weight_decay=0.05, mask=mask)),
+    ("rmsprop", dict(decay=0.9, eps=1e-7), lambda lr, mask: optax.rmsprop(lr, decay=0.9, eps=1e-7)),
+])
+def test_optimizers_match_optax(name, options, reference):
+  cfg = config_lib.default_config().optimizer
+  cfg.update(name=name, **options)
+  params = _params()
+  ours, theirs = optim.make_optimizer(cfg, params), reference(0.01, optim.decay_mask(params))
+  p_ours, p_theirs = params, params
+  s_ours, s_theirs = ours.init(params), theirs.init(params)
+  for i in range(3):
+    grads = jax.tree.map(lambda x: jnp.sin(x * (i + 1)), p_ours)
+    u, s_ours = ours.update(grads, s_ours, p_ours)
+    p_ours = optax.apply_updates(p_ours, optim.scaled_updates(u, jnp.float32(0.01)))
+    u, s_theirs = theirs.update(grads, s_theirs, p_theirs)
+    p_theirs = optax.apply_updates(p_theirs, u)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               p_ours, p_theirs)
+
+
+def test_weight_decay_mask_spares_biases_and_norms():
+  mask = optim.decay_mask(_params())
+  assert mask == {"dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}
+
+
+# ------------------------------------------------------------------------------------------------
+# The train step.
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  # No BatchNorm (its statistics are per batch), a per-image mean loss, plain SGD.
+  changes = {"model.kwargs.norm": "none", "loss.name": "dice", "optimizer.name": "sgd",
+             "optimizer.momentum": 0.0, "optimizer.lr": 0.5}
+  batch = random_batch(4)
+  big_state, big_step = build(tiny_config(**changes))
+  big_state, _ = big_step(big_state, batch, jnp.float32(0))
+  acc_state, acc_step = build(tiny_config(**changes, **{"optimizer.accumulate_steps": 2}))
+  for half in (slice(0, 2), slice(2, 4)):
+    acc_state, _ = acc_step(acc_state, {k: v[half] for k, v in batch.items()}, jnp.float32(0))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               big_state.params, acc_state.params)
+
+
+def test_non_finite_loss_leaves_the_state_unchanged():
+  state, step = build(tiny_config())
+  batch = random_batch(4)
+  batch["image"][0, 0, 0, 0] = np.nan
+  new, metrics = step(state, batch, jnp.float32(0))
+  assert not bool(metrics["finite"]) and int(new.step) == 1
+  jax.tree.map(np.testing.assert_array_equal, (new.params, new.batch_stats, new.opt_state),
+               (state.params, state.batch_stats, state.opt_state))
+
+
+def test_ema_follows_the_parameters():
+  state, step = build(tiny_config(**{"optimizer.ema_decay": 0.9}))
+  new, _ = step(state, random_batch(4), jnp.float32(0))
+  expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, state.params, new.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               new.ema_params, expected)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  state, step = build(tiny_config(compute_dtype="bfloat16"))
+  new, metrics = step(state, random_batch(4), jnp.float32(0))
+  assert bool(metrics["finite"]) and metrics["loss"].dtype == jnp.float32
+  assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
+
+
+def test_learning_rate_follows_progress():
+  state, step = build(tiny_config(**{"schedule.name": "cosine"}))
+  _, at_start = step(state, random_batch(4), jnp.float32(0.0))
+  _, halfway = step(state, random_batch(4), jnp.float32(0.5))
+  assert float(at_start["lr"]) == pytest.approx(1e-3)
+  assert float(halfway["lr"]) == pytest.approx(5e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Config.
+
+
+def test_overrides_are_typed_and_bad_keys_named():
+  c = config_lib.default_config()
+  config_lib.apply_override(c, "optimizer.lr", "0.05")
+  config_lib.apply_override(c, "optimizer.nesterov", "true")
+  config_lib.apply_override(c, "schedule.boundaries", "(0.3, 0.6)")
+  config_lib.apply_override(c, "model.kwargs.encoder_name", "resnet18")  # free-form group
+  config_lib.apply_override(c, "data.manual_dir", "/some/dir")  # None default: text
+  assert (c.optimizer.lr, c.optimizer.nesterov, c.schedule.boundaries) == (0.05, True, (0.3, 0.6))
+  assert c.model.kwargs.encoder_name == "resnet18" and c.data.manual_dir == "/some/dir"
+  with pytest.raises(ValueError, match=r"'optimizer\.lrate'.*did you mean lr"):
+    config_lib.apply_override(c, "optimizer.lrate", "0.1")
+  with pytest.raises(ValueError, match="cannot read the value as int"):
+    config_lib.apply_override(c, "batch_size", "eight")
+  c.eval_data = {"imagesize": 64}
+  with pytest.raises(ValueError, match=r"eval_data\.imagesize.*did you mean image_size"):
+    config_lib.validate_config(c)
+
+
+def test_validation_names_bad_values():
+  for key, value, message in [("optimizer.name", "adagrad", "optimizer.name"),
+                              ("parallel", "fsdp", "parallel"),
+                              ("batch_size", 0, "batch_size"),
+                              ("data.image_size", -1, "image_size")]:
+    c = config_lib.default_config()
+    parent, _, leaf = key.rpartition(".")
+    (c[parent] if parent else c)[leaf] = value
+    with pytest.raises(ValueError, match=message):
+      config_lib.validate_config(c)
+
+
+def test_config_survives_json(tmp_path):
+  c = tiny_config(**{"optimizer.name": "adamw", "model.kwargs.decoder_attention": "scse"})
+  c.eval_data = {"name": "ph2", "split": "official"}
+  config_lib.save_config(c, tmp_path / "config.json")
+  loaded = config_lib.load_config(tmp_path / "config.json")
+  assert loaded.to_dict() == c.to_dict()
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop, checkpoints and scoring.
+
+
+def test_train_writes_a_complete_run_and_evaluate_rescores_it(tmp_path):
+  results = loop.train(tiny_config(), tmp_path)
+  assert results["step"] == 6 and 0.0 <= results["validation"]["dice/per_image"] <= 1.0
+  for name in ("config.json", "run_info.json", "metrics.jsonl", "results.json",
+               "predictions.png"):
+    assert (tmp_path / name).is_file(), name
+  assert list((tmp_path / "tensorboard").iterdir())
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["split"] == "validation"] == [3, 6]
+  assert [r["step"] for r in records if r["split"] == "train"] == [2, 3, 4, 6]
+  checkpoints = checkpoint_lib.Checkpointer(tmp_path, read_only=True)
+  assert checkpoints.latest.all_steps() == [3, 6] and checkpoints.best_step() in (3, 6)
+
+  # The evaluate command scores the same parameters on the same split: the same numbers.
+  metrics = evaluate_lib.evaluate_run(tmp_path)
+  for key in ("dice/per_image", "jaccard/micro", "pixel_accuracy/micro"):
+    assert metrics[key] == pytest.approx(results["validation"][key], abs=1e-6)
+  with open(tmp_path / "evaluation" / "cases.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 8 and rows[0]["id"].startswith("synthetic_validation_")
+  per_image = np.nanmean([float(r["dice/per_image"]) for r in rows])
+  assert per_image == pytest.approx(metrics["dice/per_image"], abs=1e-6)
+
+  # A second run into the same directory must say how to continue instead of overwriting.
+  with pytest.raises(ValueError, match="--resume"):
+    loop.train(tiny_config(), tmp_path)
+  again = loop.train(tiny_config(), tmp_path, resume=True)  # finished: nothing left to do
+  assert again["step"] == 6
+
+
+def test_best_checkpoint_is_the_final_params_when_asked(tmp_path):
+  results = loop.train(tiny_config(final_params="best", **{"optimizer.lr": 0.05}), tmp_path)
+  best = results["best"]
+  assert results["params_step"] == best["step"]
+  assert results["validation"] == best["metrics"]
+  assert best["value"] == max(json.loads(line)["dice/per_image"]
+                              for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                              if '"validation"' in line)
+
+
+def test_budget_stops_training_and_drives_the_schedule(tmp_path):
+  cfg = tiny_config(num_steps=0, budget_s=15.0, log_every_steps=1, **{"schedule.name": "cosine",
+                                                                   "eval.every_steps": 0})
+  results = loop.train(cfg, tmp_path)
+  assert results["train_elapsed_s"] >= 15.0
+  lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+         if '"train"' in line]
+  assert len(lrs) > 3 and lrs[0] == pytest.approx(1e-3, rel=1e-3)
+  assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.5e-3
+
+
+def test_diverging_loss_stops_with_the_step_and_the_batch_ids(tmp_path):
+  cfg = tiny_config(num_steps=20, **{"optimizer.name": "sgd", "optimizer.lr": 1e30,
+                                     "checkpoint.every_steps": 1, "eval.every_steps": 0,
+                                     "loss.name": "cross_entropy"})
+  with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss .* at step (\d+)") as info:
+    loop.train(cfg, tmp_path)
+  report = json.loads((tmp_path / "nonfinite_batch.json").read_text())
+  assert f"at step {report['step']}" in str(info.value) and len(report["ids"]) == 4
+  last_good = checkpoint_lib.Checkpointer(tmp_path, read_only=True).latest_step()
+  assert last_good == report["step"] - 1
+
+
+def test_missing_dataset_says_how_to_prepare_it(tmp_path):
+  cfg = tiny_config()
+  cfg.data.name = "ph2"
+  cfg.data.builder_kwargs = {}
+  cfg.data.manual_dir = str(tmp_path / "nowhere")
+  with pytest.raises(ValueError, match=r"(?s)dataset 'ph2' is not prepared.*manual_dir"):
+    loop.train(cfg, tmp_path / "run")
+
+
+def test_parallel_rejects_a_batch_the_devices_cannot_split():
+  par = parallel.DataParallel("auto")
+  par.check_batch_size(4, "batch_size")
+  if par.num_devices > 1:
+    with pytest.raises(ValueError, match="divisible"):
+      par.check_batch_size(par.num_devices + 1, "batch_size")

@@ -65,10 +65,11 @@ SPECS = {s.name: s for s in [
     # Batch 2, not 1: PyTorch's BatchNorm refuses the ASPP image-pooling branch's 1x1 map at batch 1.
     Spec("deeplabv3plus", 224, (2, 4), 1, dict(encoder_name="resnet50"), "torch_deeplab"),
     Spec("resnet50", 224, (1, 4), 1000, {}, "torch_timm"),
+    Spec("efficientnet_lite0", 224, (4, 16), 1000, {}, "torch_timm"),
     Spec("vit_small", 224, (1, 4), 1000, {}, "torch_timm"),
     Spec("swin_tiny", 224, (1, 4), 1000, {}, "torch_timm"),
 ]}
-TIMM_NAMES = {"resnet50": "resnet50", "vit_small": "vit_small_patch16_224",
+TIMM_NAMES = {"resnet50": "resnet50", "efficientnet_lite0": "tf_efficientnet_lite0", "vit_small": "vit_small_patch16_224",
               "swin_tiny": "swin_tiny_patch4_window7_224"}
 
 

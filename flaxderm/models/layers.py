@@ -94,6 +94,100 @@ class Norm(nn.Module):
     raise ValueError(f"norm must be one of {NORMS}, got {self.kind!r}")
 
 
+def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int = 1, dilation: int = 1,
+                   padding: Any = "SAME") -> jax.Array:
+  """Depthwise convolution (``kernel`` (k, k, 1, C), one filter per channel) as a sum of k*k
+  shifted, strided slices times per-channel weights.
+
+  The same mathematics as ``lax.conv_general_dilated(..., feature_group_count=C)``, written with
+  elementwise ops because XLA:CPU runs grouped convolutions -- and above all their gradients --
+  5-7x slower than this fused sum (benchmarks/NOTES.md, "Depthwise and 1x1 convolutions").
+  """
+  k = kernel.shape[0]
+  if kernel.shape[:3] != (k, k, 1) or kernel.shape[3] != x.shape[-1]:
+    raise ValueError(f"depthwise_conv: kernel shape {kernel.shape} does not fit input {x.shape}")
+  window = dilation * (k - 1) + 1
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(x.shape[1:3], (window, window), (strides, strides), padding)
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  n, h, w, c = x.shape
+  out_h, out_w = (h - window) // strides + 1, (w - window) // strides + 1
+  out = None
+  for i in range(k):
+    for j in range(k):
+      top, left = i * dilation, j * dilation
+      tap = jax.lax.slice(x, (0, top, left, 0),
+                          (n, top + (out_h - 1) * strides + 1, left + (out_w - 1) * strides + 1, c),
+                          (1, strides, strides, 1)) * kernel[i, j, 0]
+      out = tap if out is None else out + tap
+  return out
+
+
+class _ConvWeights(nn.Module):
+  """``nn.Conv``'s ``kernel`` / ``bias`` parameters and dtype handling, for the convolutions below
+  that compute differently with the same parameters (so checkpoints and converters still fit)."""
+  strides: int = 1
+  use_bias: bool = False
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  def weights(self, x: jax.Array, kernel_shape: tuple[int, ...]):
+    """(x, kernel, bias or None), promoted to the compute dtype."""
+    kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
+    bias = (self.param("bias", nn.initializers.zeros, kernel_shape[-1:], self.param_dtype)
+            if self.use_bias else None)
+    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+
+class DepthwiseConv(_ConvWeights):
+  """``nn.Conv`` with ``feature_group_count`` = channels, computed by ``depthwise_conv``."""
+  kernel_size: int = 3
+  dilation: int = 1
+  padding: Any = "SAME"
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    x, kernel, bias = self.weights(x, (k, k, 1, x.shape[-1]))
+    y = depthwise_conv(x, kernel, strides=self.strides, dilation=self.dilation, padding=self.padding)
+    return y if bias is None else y + bias
+
+
+class PointwiseConv(_ConvWeights):
+  """A 1x1 ``nn.Conv`` computed as a matrix product over the (strided) pixels: XLA:CPU runs the
+  1x1 convolution's gradients 2.5-6x slower than the same products written as matmuls
+  (benchmarks/NOTES.md, "Depthwise and 1x1 convolutions")."""
+  features: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    x, kernel, bias = self.weights(x, (1, 1, x.shape[-1], self.features))
+    if self.strides > 1:
+      x = x[:, ::self.strides, ::self.strides]
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], self.features)
+    return y if bias is None else y + bias
+
+
+def conv(features: int, kernel_size: int, *, strides: int = 1,
+         dilation: int = 1, groups: int = 1, padding: Any = ((0, 0), (0, 0)), use_bias: bool = False,
+         kernel_init: Callable = nn.initializers.lecun_normal(), dtype: Dtype | None = None,
+         param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
+  """A square 2-D convolution module with ``nn.Conv``'s parameters, choosing the formulation XLA
+  runs fastest: depthwise (one group per output channel, which must equal the input channels) and
+  1x1 convolutions get their own."""
+  common = dict(use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
+                name=name)
+  if groups > 1 and groups == features:
+    return DepthwiseConv(kernel_size=kernel_size, strides=strides, dilation=dilation,
+                         padding=padding, **common)
+  unpadded = padding in ("SAME", "VALID") or not any(map(any, padding))  # SAME pads a 1x1 by 0
+  if kernel_size == 1 and groups == 1 and unpadded:
+    return PointwiseConv(features=features, strides=strides, **common)
+  return nn.Conv(features, (kernel_size, kernel_size), strides=strides, padding=padding,
+                 kernel_dilation=dilation, feature_group_count=groups, **common)
+
+
 class ConvNormAct(nn.Module):
   """Conv (no bias when normalised) -> Norm -> activation."""
   features: int
@@ -114,12 +208,12 @@ class ConvNormAct(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     k = self.kernel_size
-    x = nn.Conv(self.features, (k, k), strides=self.strides,
-                padding=conv_padding(k, self.dilation, self.padding),
-                kernel_dilation=self.dilation, feature_group_count=self.groups,
-                use_bias=(self.norm == "none") if self.use_bias is None else self.use_bias,
-                kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="conv")(x)
+    x = conv(self.features, k, strides=self.strides,
+             dilation=self.dilation, groups=self.groups,
+             padding=conv_padding(k, self.dilation, self.padding),
+             use_bias=(self.norm == "none") if self.use_bias is None else self.use_bias,
+             kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
+             name="conv")(x)
     x = Norm(self.norm, epsilon=self.norm_epsilon, scale_init=self.norm_scale_init,
              dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x, train)
     return activation(self.act)(x)

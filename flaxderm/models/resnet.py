@@ -53,14 +53,13 @@ FEATURE_STRIDES = (2, 4, 8, 16, 32)
 def conv2d(features: int, kernel_size: int, *, strides: int = 1, dilation: int = 1,
            groups: int = 1, padding: str = "symmetric", use_bias: bool = False,
            dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
-           name: str | None = None) -> nn.Conv:
+           name: str | None = None) -> nn.Module:
   """A square conv with the torchvision init; a function rather than ``layers.ConvNormAct`` so the
   conv and its norm are siblings named like the PyTorch modules (``conv1``/``bn1``)."""
-  k = kernel_size
-  return nn.Conv(features, (k, k), strides=strides,
-                 padding=layers.conv_padding(k, dilation, padding), kernel_dilation=dilation,
-                 feature_group_count=groups, use_bias=use_bias, kernel_init=CONV_INIT,
-                 dtype=dtype, param_dtype=param_dtype, name=name)
+  return layers.conv(features, kernel_size, strides=strides, dilation=dilation, groups=groups,
+                     padding=layers.conv_padding(kernel_size, dilation, padding),
+                     use_bias=use_bias, kernel_init=CONV_INIT, dtype=dtype,
+                     param_dtype=param_dtype, name=name)
 
 
 def stage_dilations(strides: Sequence[int], output_stride: int,

@@ -108,6 +108,10 @@ def _train(args, overrides: list[str]) -> None:
   for run_dir, run_cfg in runs:
     results = loop.train(run_cfg, run_dir, resume=args.resume)
     metric = results["best_metric"]
+    if not results["validation"]:
+      print(f"{run_dir}: trained on all of the data (step {results['step']}); score it with "
+            f"python launch.py evaluate --workdir {run_dir} --manual-dir DIR", flush=True)
+      continue
     print(f"{run_dir}: validation {metric} = {results['validation'][metric]:.4f} "
           f"({results['params']} params, step {results['params_step']})", flush=True)
 

@@ -13,6 +13,14 @@ from flaxderm.train import config as config_lib
 
 
 def get_config(arg=None):
+  c = recipe()
+  if arg == "runlocal":
+    config_lib.runlocal(c)
+  return c
+
+
+def recipe():
+  """The experiment at full size (``ph2_segmentation_cpu`` builds on it)."""
   c = config_lib.default_config()
   c.model.name = "unet"
   c.model.kwargs = {"encoder_name": "resnet18"}
@@ -37,6 +45,4 @@ def get_config(arg=None):
   c.eval.batch_size = 16
   c.log_every_steps = 25
   c.final_params = "last"
-  if arg == "runlocal":
-    config_lib.runlocal(c)
   return c

@@ -103,6 +103,14 @@ def _case_row(task: step_lib.Task, case_id: str, stats: Mapping[str, np.ndarray]
   return row
 
 
+def _auc(rows: list[dict[str, Any]], class_names: tuple[str, ...]) -> dict[str, float]:
+  """ROC AUC (macro one-vs-rest) of the per-case probabilities: a threshold-free score beside
+  balanced accuracy, steadier when a class has a handful of examples."""
+  probs = np.array([[row[f"prob/{n}"] for n in class_names] for row in rows])
+  labels = np.array([class_names.index(row["label"]) for row in rows])
+  return metrics_lib.roc_auc(probs, labels, class_names=class_names)
+
+
 def write_cases(path: Path, rows: list[dict[str, Any]]) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   with open(path, "w", newline="", encoding="utf-8") as f:
@@ -128,6 +136,9 @@ def _scoring_data(cfg: ml_collections.ConfigDict, manual_dir: str | None, scratc
   dataset prepared into ``scratch``."""
   data_cfg = setup.eval_data_config(cfg)
   if manual_dir is None:
+    if not config_lib.has_validation(cfg):
+      raise ValueError("this run trained on all of its data (data.split='all'): pass "
+                       "--manual-dir DIR to score it on another dataset folder")
     return data_cfg, data_cfg.eval_split
   if not Path(manual_dir).is_dir():
     raise ValueError(f"--manual-dir {manual_dir}: no such directory")
@@ -169,6 +180,8 @@ def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
       rows, stats = evaluate_cases(case_step, state, eval_batches(data_cfg, split, batch_size),
                                    par, task)
   metrics = task.summarize(stats)
+  if task.kind == "classification":
+    metrics.update(_auc(rows, task.class_names))
   out = workdir / "evaluation"
   if jax.process_index() == 0:
     write_cases(out / "cases.csv", rows)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -321,3 +323,72 @@ def test_parallel_rejects_a_batch_the_devices_cannot_split():
   if par.num_devices > 1:
     with pytest.raises(ValueError, match="divisible"):
       par.check_batch_size(par.num_devices + 1, "batch_size")
+
+
+class _PixelModel(nn.Module):
+  """A 3x3 conv to one logit per pixel, or a dense layer over all pixels to 3 classes: both
+  see the image's orientation, so each flipped view predicts something else."""
+  classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.classes == 1:
+      return nn.Conv(1, (3, 3))(x)
+    return nn.Dense(self.classes)(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+@pytest.mark.parametrize("tta", ["hflip", "flips"])
+def test_tta_averages_the_probabilities_of_the_flipped_views(classes, tta):
+  model = _PixelModel(classes)
+  images = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = model.init(jax.random.key(1), images)
+  state = types.SimpleNamespace(variables=lambda use_ema: variables)
+  cfg = config_lib.default_config()
+  cfg.eval.tta = tta
+  logits = step_lib.make_predict_step(model, cfg, use_ema=False)(state, images)
+  prob = jax.nn.sigmoid if classes == 1 else lambda v: jax.nn.softmax(v, axis=-1)
+  views = [(), (2,)] if tta == "hflip" else [(), (2,), (1,), (1, 2)]
+  expected = []
+  for axes in views:
+    out = model.apply(variables, jnp.flip(images, axes))
+    expected.append(prob(jnp.flip(out, axes) if classes == 1 else out))
+  np.testing.assert_allclose(prob(logits), np.mean(expected, axis=0), rtol=1e-5, atol=1e-6)
+  cfg.eval.tta = "none"
+  plain = step_lib.make_predict_step(model, cfg, use_ema=False)(state, images)
+  np.testing.assert_allclose(plain, model.apply(variables, images), rtol=1e-6)
+  assert not np.allclose(plain, logits, atol=1e-3)  # the views really differ
+  assert tuple(step_lib.TTA_FLIPS) == config_lib.TTA_MODES
+  cfg.eval.tta = "rot90"
+  with pytest.raises(ValueError, match="eval.tta"):
+    config_lib.validate_config(cfg)
+
+
+def test_train_on_all_of_one_folder_and_score_another(tmp_path):
+  from test_builders import write_ph2  # pylint: disable=g-import-not-at-top
+
+  train_cases = {f"IMD00{i}": "common_nevus" for i in range(1, 5)}
+  other_cases = {"IMD101": "melanoma", "IMD102": "atypical_nevus", "IMD103": "common_nevus"}
+  train_dir = write_ph2(tmp_path / "train", train_cases, list(train_cases))
+  other_dir = write_ph2(tmp_path / "other", other_cases, list(other_cases))
+  cfg = tiny_config(**{"data.name": "ph2", "data.split": "all", "num_steps": 2,
+                       "eval.every_steps": 1})
+  cfg.data.builder_kwargs = {}
+  cfg.data.manual_dir = str(train_dir)
+  results = loop.train(cfg, tmp_path / "run")
+  assert results["step"] == 2 and results["validation"] == {}
+  records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+  assert not [r for r in records if r["split"] == "validation"]
+
+  with pytest.raises(ValueError, match="--manual-dir"):
+    evaluate_lib.evaluate_run(tmp_path / "run")
+  metrics = evaluate_lib.evaluate_run(tmp_path / "run", manual_dir=str(other_dir))
+  assert metrics["count/images"] == 3
+  with open(tmp_path / "run" / "evaluation" / "cases.csv") as f:
+    assert sorted(r["id"] for r in csv.DictReader(f)) == sorted(other_cases)
+  assert json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())[
+      "manual_dir"] == str(other_dir)
+
+  cfg.final_params = "best"
+  with pytest.raises(ValueError, match="final_params='best' needs validation data"):
+    loop.train(cfg, tmp_path / "run_best")

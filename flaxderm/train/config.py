@@ -26,6 +26,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "one_cycle")
 PARALLEL_MODES = ("auto", "pmap")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 FINAL_PARAMS = ("last", "best")
+TTA_MODES = ("none", "hflip", "flips")
 # Option groups whose keys are not fixed by this schema (validated by their consumers).
 OPEN_GROUPS = ("model.kwargs", "loss.kwargs", "data.builder_kwargs", "eval_data")
 
@@ -107,6 +108,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 16
   c.eval.best_metric = ""
   c.eval.best_mode = "max"
+  # Test-time augmentation of every scoring: "none", "hflip" (image + its mirror) or "flips"
+  # (+ vertical and both); the views' class probabilities are averaged.
+  c.eval.tta = "none"
 
   # Checkpoints (orbax): the latest `keep`, plus the best by eval.best_metric. every_steps 0 =
   # at each evaluation. Final scoring uses the last or the best parameters, or their EMA.
@@ -179,6 +183,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def has_validation(cfg: ml_collections.ConfigDict) -> bool:
+  """False when the run trains on all of its data (``data.split="all"``) with no ``eval_data``."""
+  return cfg.data.split != "all" or bool(cfg.eval_data)
+
+
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
   """ValueError naming the first unknown key or bad value; dataset-dependent checks happen later."""
   _check_known(cfg, default_config())
@@ -190,6 +199,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   _one_of("compute_dtype", cfg.compute_dtype, COMPUTE_DTYPES)
   _one_of("final_params", cfg.final_params, FINAL_PARAMS)
   _one_of("eval.best_mode", cfg.eval.best_mode, ("max", "min"))
+  _one_of("eval.tta", cfg.eval.tta, TTA_MODES)
+  if cfg.final_params == "best" and not has_validation(cfg):
+    raise ValueError("config.final_params='best' needs validation data, but data.split='all' "
+                     "trains on every case: use final_params='last', or name validation data "
+                     "in config.eval_data")
   positive = {"batch_size": cfg.batch_size, "eval.batch_size": cfg.eval.batch_size,
               "checkpoint.keep": cfg.checkpoint.keep,
               "optimizer.accumulate_steps": cfg.optimizer.accumulate_steps}

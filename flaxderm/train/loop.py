@@ -150,7 +150,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool =
   variables, labels = setup.init_variables(model, cfg)  # may set the data normalisation
   task = setup.make_task(cfg, info, weights=setup.class_weights(cfg, info))
   eval_data = setup.eval_data_config(cfg)
-  setup.dataset_info(eval_data)  # a missing validation dataset fails now, not after training
+  validating = config_lib.has_validation(cfg)  # False: trains on all, scored by launch.py evaluate
+  if validating:
+    setup.dataset_info(eval_data)  # a missing validation dataset fails now, not after training
   best_metric = cfg.eval.best_metric or task.default_metric
   schedule = _make_schedule(cfg, _num_examples(cfg.data, cfg.data.train_split))
 
@@ -236,7 +238,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool =
         if pending is not None:  # one step behind, so the host never waits on the device
           window.append(check(pending))
         pending = (step, metrics, ids)
-        evaluating = schedule.due(step, schedule.eval_every)
+        evaluating = validating and schedule.due(step, schedule.eval_every)
         saving = schedule.due(step, schedule.checkpoint_every) or stop.requested
         logging_now = schedule.due(step, schedule.log_every) or evaluating or saving
         if logging_now:
@@ -270,19 +272,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool =
       progress_bar.close()
 
     # -------------------------------------------------------------------------- final scoring
-    if last_eval is None or last_eval[0] != step:
+    if validating and (last_eval is None or last_eval[0] != step):
       last_eval = _evaluate_and_keep_best(evaluate, state, step, best_metric, cfg, meta,
                                           checkpoints, writer, progress_bar)
     save(state)
     checkpoints.wait()
-    final_state, final_step, final_metrics = state, step, last_eval[1]
+    final_state, final_step = state, step
+    final_metrics = last_eval[1] if validating else {}
     if cfg.final_params == "best" and meta["best"] is not None:
       weights, final_step = checkpoints.restore_weights(
           "best", checkpoint_lib.split_state(state)[0], par.replicated)
       final_state = checkpoint_lib.join_state(weights, checkpoint_lib.split_state(state)[1])
       final_metrics = meta["best"]["metrics"]
     grid = None
-    if task.kind == "segmentation" and cfg.visualize_images > 0:
+    if validating and task.kind == "segmentation" and cfg.visualize_images > 0:
       grid = _save_predictions(workdir / "predictions.png", model, final_state, eval_data, cfg,
                                par)
   writer.close()

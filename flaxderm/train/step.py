@@ -33,6 +33,8 @@ from flaxderm.train.state import TrainState, step_key
 
 Batch = Mapping[str, jax.Array]
 TASKS = ("segmentation", "classification")
+# Test-time augmentation: the image axes (NHWC) flipped in each view; () is the image itself.
+TTA_FLIPS = {"none": ((),), "hflip": ((), (2,)), "flips": ((), (2,), (1,), (1, 2))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +128,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task: Ta
 def make_eval_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict, *,
                    use_ema: bool) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
   """``eval_step(state, batch) -> stats`` summed over the (global) batch."""
-  dtype = jnp.dtype(cfg.compute_dtype)
+  inference = make_predict_step(model, cfg, use_ema=use_ema)
 
   def eval_step(state: TrainState, batch: Batch):
-    outputs = model.apply(state.variables(use_ema=use_ema), batch["image"].astype(dtype),
-                          train=False)
-    return task.stats(main_output(outputs), batch)
+    return task.stats(inference(state, batch["image"]), batch)
 
   return eval_step
 
@@ -141,12 +141,10 @@ def make_case_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict,
   """``case_step(state, batch) -> {"stats": per-example stats, "probs": (N, K) or absent}``: the
   metric statistics of each example on its own (leading axis N), and for classification the
   class probabilities, for per-case result tables."""
-  dtype = jnp.dtype(cfg.compute_dtype)
+  inference = make_predict_step(model, cfg, use_ema=use_ema)
 
   def case_step(state: TrainState, batch: Batch):
-    outputs = model.apply(state.variables(use_ema=use_ema), batch["image"].astype(dtype),
-                          train=False)
-    logits = main_output(outputs).astype(jnp.float32)
+    logits = inference(state, batch["image"])
     one = {k: batch[k] for k in (task.label_key, "valid")}
     per_case = jax.vmap(lambda lg, ex: task.stats(lg[None], jax.tree.map(lambda v: v[None], ex)))
     out = {"stats": per_case(logits, one)}
@@ -160,12 +158,25 @@ def make_case_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict,
 
 def make_predict_step(model: nn.Module, cfg: ml_collections.ConfigDict, *, use_ema: bool
                       ) -> Callable[[TrainState, jax.Array], jax.Array]:
-  """``predict(state, images) -> logits`` in float32 (for visualisation)."""
+  """``predict(state, images) -> logits`` in float32, with the test-time augmentation of
+  ``cfg.eval.tta`` (see ``TTA_FLIPS``): the class probabilities of every flipped view, mapped back
+  onto the image for segmentation, are averaged and returned as logits of that average."""
   dtype = jnp.dtype(cfg.compute_dtype)
+  flips = TTA_FLIPS[cfg.eval.tta]
 
   def predict(state: TrainState, images: jax.Array):
-    outputs = model.apply(state.variables(use_ema=use_ema), images.astype(dtype), train=False)
-    return main_output(outputs).astype(jnp.float32)
+    variables = state.variables(use_ema=use_ema)
+    images = images.astype(dtype)
+    views = []
+    for axes in flips:
+      logits = main_output(model.apply(variables, jnp.flip(images, axes), train=False))
+      views.append(jnp.flip(logits, axes) if logits.ndim == 4 else logits)
+    if len(views) == 1:
+      return views[0].astype(jnp.float32)
+    logits = jnp.stack(views).astype(jnp.float32)
+    if logits.shape[-1] == 1:
+      return jax.scipy.special.logit(jnp.mean(jax.nn.sigmoid(logits), axis=0))
+    return jnp.log(jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0))
 
   return predict
 

@@ -12,6 +12,10 @@ from the final parameters. What differs, and why (ablations in issue 9's closing
   times faster on XLA:CPU than grouped convolutions.
 * images are center-cropped to the short side and resized to 192 px, randomly cropped (scale
   0.6-1) and rotated: more steps in the budget, at a resolution the ImageNet features still fit.
+
+Measured side by side on a 2-core CPU (benchmarks/RESULTS.md, 2026-11-23, one run each, 900 s):
+balanced accuracy 0.6187 (accuracy 0.7492, macro AUC 0.9127, 685 steps) against the reference's
+0.6493 (0.7492, 0.9277, 590 steps): more steps, but not yet better; this recipe is unfinished.
 """
 from flaxderm.train import config as config_lib
 

@@ -15,6 +15,10 @@ closing note of issue 9 and benchmarks/RESULTS.md):
   network 4x faster per step on XLA:CPU, so it fits as many steps as ResNet-18 did.
 * cosine decay laid over the budget, 90-degree rotations on top of the flips, and horizontal-flip
   test-time augmentation (``eval.tta``).
+
+Measured side by side on a 2-core CPU (benchmarks/RESULTS.md, 2026-11-23, two runs each, 900 s):
+per-image Dice 0.9509 (0.9499, 0.9519; 1082-1171 steps) against the reference's 0.9280 (0.9262,
+0.9298; 1524-1531 steps). Not yet measured one at a time: what each ingredient above is worth.
 """
 from experiments import ph2_unet_cpu
 from flaxderm.train import config as config_lib

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from flaxderm.data import config as config_lib  # noqa: E402
 from flaxderm.data import pipeline  # noqa: E402
+
+import environment  # noqa: E402  (benchmarks/environment.py, beside this script)
+
+PACKAGES = ("numpy", "opencv-python-headless", "grain", "tensorflow-datasets")
 
 REPO = Path(__file__).resolve().parents[1]
 # Augmentations of a realistic segmentation run (paper 003 Figure 7 / paper 004 §3.1).
@@ -78,26 +80,8 @@ def measure(args, *, hair: bool, cache: bool, skip: int, timed: int) -> float:
 
 
 def machine() -> str:
-  try:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                  if l.startswith("Model name")), platform.processor())
-  except (OSError, subprocess.CalledProcessError):
-    model = platform.processor() or "unknown CPU"
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  return f"{model}, {os.cpu_count()} cores (1-min load average at start {load:.1f})"
-
-
-def versions() -> str:
-  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
-  names = ["numpy", "opencv-python-headless", "grain", "tensorflow-datasets"]
-  found = []
-  for name in names:
-    try:
-      found.append(f"{name} {md.version(name)}")
-    except md.PackageNotFoundError:
-      continue
-  return f"Python {platform.python_version()}, " + ", ".join(found)
+  return f"{environment.cpu()} (1-min load average at start {load:.1f})"
 
 
 def main(argv=None):
@@ -156,7 +140,7 @@ def main(argv=None):
       "",
       f"- command: `{command}`",
       f"- machine: {header}",
-      f"- versions: {versions()}",
+      f"- versions: {environment.versions(PACKAGES)}",
       f"- data: {data}; {args.size} px center crop + resize, batch {args.batch}, "
       f"{args.threads} grain threads, {args.workers} worker processes; {timed * args.batch} "
       f"images timed per setting after one untimed batch ({epoch * args.batch} from a cold "

@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -31,9 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import environment  # benchmarks/environment.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SHARED = ROOT.parent / "shared"
+PACKAGES = ("jax", "flax", "optax", "torch", "timm", "segmentation-models-pytorch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,17 +135,6 @@ def table(comparison: Comparison, rows: list[tuple[str, int, dict]], budget: flo
   return "\n".join(lines)
 
 
-def _versions() -> str:
-  names = ("jax", "flax", "optax", "torch", "timm", "segmentation_models_pytorch")
-  found = []
-  for name in names:
-    try:
-      found.append(f"{name} {importlib.metadata.version(name.replace('_', '-'))}")
-    except importlib.metadata.PackageNotFoundError:
-      pass
-  return ", ".join(found)
-
-
 def main(argv: list[str]) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("comparison", choices=sorted(COMPARISONS))
@@ -177,8 +167,7 @@ def main(argv: list[str]) -> int:
       print(rows[-1], flush=True)
   text = (f"\n## quality: {args.comparison}, {args.budget:.0f} s budget "
           f"({datetime.date.today().isoformat()})\n\n"
-          f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"{_versions()}\n"
+          f"- machine: {environment.cpu()}; {environment.versions(PACKAGES)}\n"
           f"- command: `python benchmarks/quality.py {' '.join(argv)}`\n"
           f"- flaxderm: `python launch.py {comparison.experiment}` "
           f"{' '.join('--config.' + o for o in (*comparison.overrides, *args.set))}; reference: "

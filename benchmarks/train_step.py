@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,8 +35,12 @@ import optax
 
 from flaxderm.models import create_model
 
+import environment  # benchmarks/environment.py, beside this script
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SEED = 0
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "timm",
+            "segmentation-models-pytorch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,24 +243,10 @@ def bench_torch(torch, spec: Spec, batch: int, warmup: int, steps: int, use_gpu:
 # ------------------------------------------------------------------------------------------------
 # Reporting.
 # ------------------------------------------------------------------------------------------------
-def version(pkg: str) -> str:
-  try:
-    return importlib.metadata.version(pkg)
-  except importlib.metadata.PackageNotFoundError:
-    return "absent"
-
-
 def machine(use_gpu: bool) -> str:
   if use_gpu:
     return f"{jax.devices()[0].device_kind}, host {os.cpu_count()} cores"
-  try:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                 if l.startswith("Model name"))
-    simd = "AVX-512" if "avx512f" in lscpu else "AVX2" if "avx2" in lscpu else "no AVX2"
-  except (OSError, subprocess.CalledProcessError, StopIteration):
-    model, simd = platform.processor() or "unknown CPU", "?"
-  return f"{model} ({simd}), {os.cpu_count()} cores"
+  return environment.cpu()
 
 
 def parse_args(argv=None):
@@ -360,14 +347,12 @@ def main(argv=None):
   runtime = time.perf_counter() - started
   load_end = os.getloadavg()
 
-  versions = ", ".join(f"{p} {version(p)}" for p in (
-      "jax", "jaxlib", "flax", "optax", "numpy", "torch", "timm", "segmentation-models-pytorch"))
   lines = [
       f"## Training step, {datetime.date.today().isoformat()}", "",
       f"- command: `{command}`",
       f"- machine: {machine(use_gpu)}; 1-min load average {load_start[0]:.2f} at start, "
       f"{load_end[0]:.2f} at end (other jobs share the cores)",
-      f"- versions: Python {platform.python_version()}, {versions}",
+      f"- versions: {environment.versions(PACKAGES)}",
       f"- compute: {'bfloat16 on GPU' if use_gpu else 'float32 on CPU'}; JAX on all cores, "
       f"PyTorch torch.set_num_threads({os.cpu_count()})",
       f"- step: forward + loss (sigmoid BCE for segmentation, softmax CE over 1000 classes for "

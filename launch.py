@@ -4,7 +4,8 @@
     python launch.py EXPERIMENT[:runlocal] [--config.KEY=VALUE ...] [--workdir DIR] [--resume]
     python launch.py EXPERIMENT --sweep               # every run of the experiment's sweep()
     python launch.py --list                           # experiments, one line each
-    python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
+    python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best] [--no-ema]
+        [--tta none|hflip|flips]
 
 EXPERIMENT names a file ``experiments/EXPERIMENT.py`` whose ``get_config(arg)`` returns the config
 (``:runlocal`` passes "runlocal": a seconds-long smoke run of the same experiment). Multi-host:
@@ -81,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--manual-dir", help="evaluate: score all of the dataset in this folder")
   parser.add_argument("--params", choices=("last", "best"),
                       help="evaluate: which parameters (default: the run's config.final_params)")
+  parser.add_argument("--ema", action=argparse.BooleanOptionalAction,
+                      help="evaluate: score the EMA of the parameters, or not (default: the "
+                      "run's config.use_ema)")
+  parser.add_argument("--tta", help="evaluate: test-time augmentation, none|hflip|flips "
+                      "(default: the run's config.eval.tta)")
   parser.add_argument("--coordinator_address", help="multi-host: HOST:PORT of process 0")
   parser.add_argument("--num_processes", type=int, help="multi-host: number of processes")
   parser.add_argument("--process_id", type=int, help="multi-host: this process's index")
@@ -151,7 +157,7 @@ def main(argv: list[str]) -> int:
       if not args.workdir:
         raise ValueError("evaluate needs --workdir RUN (a training run directory)")
       metrics = evaluate.evaluate_run(args.workdir, manual_dir=args.manual_dir,
-                                      params=args.params)
+                                      params=args.params, use_ema=args.ema, tta=args.tta)
       print(evaluate.json_line(metrics), flush=True)
       return 0
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,

@@ -16,6 +16,7 @@ a message when torch / segmentation_models_pytorch / timm are not installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib.util
@@ -147,6 +148,9 @@ def main(argv: list[str]) -> int:
   p.add_argument("--label", default="flaxderm", help="name of the flaxderm rows")
   p.add_argument("--no-reference", action="store_true", help="flaxderm rows only")
   p.add_argument("--no-append", action="store_true", help=f"do not append to {RESULTS.name}")
+  p.add_argument("--keep", metavar="DIR",
+                 help="write the runs and logs here and keep them (default: a temporary folder); "
+                 "e.g. to score a run again with `launch.py evaluate --tta none`")
   args = p.parse_args(argv)
   comparison = COMPARISONS[args.comparison]
   if not (Path(args.data_dir) / comparison.manual_dir).is_dir():
@@ -157,8 +161,12 @@ def main(argv: list[str]) -> int:
   if missing and not args.no_reference:
     print(f"reference rows skipped: {', '.join(missing)} not installed")
   rows = []
-  with tempfile.TemporaryDirectory(prefix="flaxderm-quality-") as scratch_dir:
-    scratch = Path(scratch_dir)
+  with contextlib.ExitStack() as stack:
+    if args.keep:
+      scratch = Path(args.keep).resolve()
+      scratch.mkdir(parents=True, exist_ok=True)
+    else:
+      scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flaxderm-quality-")))
     for index in range(args.runs):
       if with_reference:
         rows.append((comparison.reference, index, run_reference(comparison, args, scratch, index)))

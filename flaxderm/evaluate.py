@@ -4,13 +4,15 @@ Used during training (validation every N steps; ``flaxderm.train.loop``) and aft
 directory::
 
     python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
+        [--ema | --no-ema] [--tta none|hflip|flips]
 
-which loads the run's config and its final parameters (``config.final_params`` and
-``config.use_ema`` unless ``--params`` says otherwise) and scores them on the run's validation
-set, or -- with ``--manual-dir`` -- on all of the dataset found in DIR (same layout as the official
-release), prepared into a temporary folder so no other prepared copy is read. It writes
-``RUN/evaluation/cases.csv`` (per case) and ``RUN/evaluation/metrics.json``, and prints the
-metrics as one JSON line, last.
+which loads the run's config and its final parameters (``config.final_params``,
+``config.use_ema`` and ``config.eval.tta`` unless the flags say otherwise: one run scored with and
+without its EMA or test-time augmentation is how those ingredients are ablated) and scores them on
+the run's validation set, or -- with ``--manual-dir`` -- on all of the dataset found in DIR (same
+layout as the official release), prepared into a temporary folder so no other prepared copy is
+read. It writes ``RUN/evaluation/cases.csv`` (per case) and ``RUN/evaluation/metrics.json``, and
+prints the metrics as one JSON line, last.
 """
 from __future__ import annotations
 
@@ -151,15 +153,21 @@ def _scoring_data(cfg: ml_collections.ConfigDict, manual_dir: str | None, scratc
 
 def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
                  params: str | None = None, use_ema: bool | None = None,
-                 batch_size: int | None = None) -> dict[str, float]:
+                 tta: str | None = None, batch_size: int | None = None) -> dict[str, float]:
   """Scores a training run's final parameters; see the module docstring. Returns the metrics."""
   workdir = Path(workdir).resolve()
   cfg = config_lib.load_config(workdir / "config.json")
+  if tta is not None:
+    if tta not in config_lib.TTA_MODES:
+      raise ValueError(f"--tta must be one of {config_lib.TTA_MODES}, got {tta!r}")
+    cfg.eval.tta = tta
   info = setup.RunInfo.load(workdir)
   which = params or cfg.final_params
   if which not in config_lib.FINAL_PARAMS:
     raise ValueError(f"--params must be one of {config_lib.FINAL_PARAMS}, got {which!r}")
   use_ema = cfg.use_ema if use_ema is None else use_ema
+  if use_ema and cfg.optimizer.ema_decay == 0.0:
+    raise ValueError(f"--ema: the run in {workdir} kept no EMA (its optimizer.ema_decay is 0)")
   par = parallel_lib.DataParallel("auto")
   batch_size = batch_size or cfg.eval.batch_size
   par.check_batch_size(batch_size, "eval.batch_size")
@@ -187,7 +195,8 @@ def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
     write_cases(out / "cases.csv", rows)
     (out / "metrics.json").write_text(json.dumps(
         {"dataset": data_cfg.name, "split": split, "manual_dir": manual_dir, "params": which,
-         "ema": use_ema, "step": step, "metrics": json.loads(json_line(metrics))}, indent=2) + "\n")
+         "ema": use_ema, "tta": cfg.eval.tta, "step": step,
+         "metrics": json.loads(json_line(metrics))}, indent=2) + "\n")
   log.info("scored %s params of step %d on %s/%s: %d cases", which, step, data_cfg.name, split,
            len(rows))
   return metrics

@@ -67,9 +67,12 @@ def _num_classes(logits: Array) -> int:
   return max(logits.shape[-1], 2)
 
 
-def _log_probs(logits: Array) -> Array:
-  """Class log-probabilities ``(..., K)``: log-softmax, or ``[log(1-p), log p]`` for C == 1."""
+def _log_probs(logits: Array, offsets: Array | None = None) -> Array:
+  """Class log-probabilities ``(..., K)``: log-softmax, or ``[log(1-p), log p]`` for C == 1, of the
+  logits plus per-class ``offsets`` ``(K,)`` if given."""
   z = logits.astype(jnp.float32)
+  if offsets is not None:  # C == 1: the softmax over [o_0, z + o_1] is the sigmoid of z + o_1 - o_0
+    z = z + (offsets[1] - offsets[0] if z.shape[-1] == 1 else offsets)
   if z.shape[-1] == 1:
     # Identical to a softmax over [0, z]; built from log_sigmoid so both terms stay finite.
     return jnp.concatenate([jax.nn.log_sigmoid(-z), jax.nn.log_sigmoid(z)], axis=-1)
@@ -87,7 +90,8 @@ def _pixel_mask(fn: str, mask: Array | None, labels: Array) -> Array:
   return jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (labels.ndim - mask.ndim)), labels.shape)
 
 
-def _class_vector(fn: str, name: str, values: ClassValues, k: int) -> Array | None:
+def _class_vector(fn: str, name: str, values: ClassValues, k: int, *,
+                  nonnegative: bool = True) -> Array | None:
   """A per-class option as a float32 ``(K,)`` array, validated when its values are concrete."""
   if values is None:
     return None
@@ -96,7 +100,7 @@ def _class_vector(fn: str, name: str, values: ClassValues, k: int) -> Array | No
     if concrete.shape != (k,):
       raise ValueError(f"{fn}: {name} needs one value per class, K = max(C, 2) = {k} (indexed by "
                        f"class id, background first), got shape {concrete.shape}")
-    if (concrete < 0).any():
+    if nonnegative and (concrete < 0).any():
       raise ValueError(f"{fn}: {name} must be non-negative, got {concrete.tolist()}")
   return jnp.asarray(values, jnp.float32)
 
@@ -116,7 +120,8 @@ def _weighted_mean(values: Array, weights: Array) -> Array:
 
 
 def weighted_cross_entropy(logits: Array, labels: Array, *, class_weights: ClassValues = None,
-                           label_smoothing: float = 0.0, mask: Array | None = None) -> Array:
+                           label_smoothing: float = 0.0, logit_adjustment: ClassValues = None,
+                           mask: Array | None = None) -> Array:
   """Class-weighted (softmax, or sigmoid for C == 1) cross-entropy with torch's normalisation.
 
   ``loss = [(1-e) sum_i w_{y_i} l_i(y_i) + e/K sum_i sum_c w_c l_i(c)] / sum_i w_{y_i}`` with
@@ -125,12 +130,19 @@ def weighted_cross_entropy(logits: Array, labels: Array, *, class_weights: Class
   ``ignore_index``). Dividing by the summed target weights, not by N, keeps the loss scale
   independent of the weights (paper 001's class-weighted softmax loss; see
   ``class_weights_from_counts``). A fully masked batch gives 0 where torch gives NaN.
+
+  ``logit_adjustment``: per-class offsets ``(K,)`` added to the logits inside the loss only -- the
+  logit-adjusted loss of Menon et al. (ICLR 2021) with ``tau * log(prior)`` (see
+  ``logit_adjustment_from_counts``). The network then learns ``log p(x|y)`` up to a constant, so the
+  argmax of its raw logits targets the balanced error instead of the error, without reweighting
+  (and so without the gradient noise of large weights on rare classes).
   """
   _check_shapes("weighted_cross_entropy", logits, labels)
   if not 0.0 <= label_smoothing <= 1.0:
     raise ValueError(f"weighted_cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
   k = _num_classes(logits)
-  lp = _log_probs(logits)
+  lp = _log_probs(logits, _class_vector("weighted_cross_entropy", "logit_adjustment",
+                                        logit_adjustment, k, nonnegative=False))
   onehot = jax.nn.one_hot(labels, k, dtype=jnp.float32)
   weights = _class_vector("weighted_cross_entropy", "class_weights", class_weights, k)
   weights = jnp.ones((k,), jnp.float32) if weights is None else weights
@@ -409,6 +421,18 @@ def lovasz_softmax(logits: Array, labels: Array, *, classes: str = "present",
 # ------------------------------------------------------------------------------------------------
 
 
+def _label_counts(fn: str, counts: Sequence[float] | np.ndarray, **exponent: float) -> np.ndarray:
+  """``counts`` as float64 after checking them, and each keyword option (power, tau) >= 0."""
+  counts = np.asarray(counts, np.float64)
+  if counts.ndim != 1 or counts.size < 2 or (counts < 0).any() or counts.sum() <= 0:
+    raise ValueError(f"{fn}: counts must be a 1-D array of >= 2 non-negative counts with a "
+                     f"positive total, got {counts.tolist()}")
+  for name, value in exponent.items():
+    if value < 0:
+      raise ValueError(f"{fn}: {name} must be >= 0, got {value}")
+  return counts
+
+
 def class_weights_from_counts(counts: Sequence[float] | np.ndarray, *, power: float = 1.0) -> np.ndarray:
   """Class weights from label (pixel or example) counts: inverse frequency raised to ``power``.
 
@@ -419,15 +443,19 @@ def class_weights_from_counts(counts: Sequence[float] | np.ndarray, *, power: fl
   A class with count 0 is treated as count 1 (as the reference's ``clamp(min=1)``), so its weight is
   large but finite.
   """
-  counts = np.asarray(counts, np.float64)
-  if counts.ndim != 1 or counts.size < 2 or (counts < 0).any() or counts.sum() <= 0:
-    raise ValueError(f"class_weights_from_counts: counts must be a 1-D array of >= 2 non-negative "
-                     f"counts with a positive total, got {counts.tolist()}")
-  if power < 0:
-    raise ValueError(f"class_weights_from_counts: power must be >= 0, got {power}")
+  counts = _label_counts("class_weights_from_counts", counts, power=power)
   total, k = counts.sum(), counts.size
   weights = (total / (k * np.maximum(counts, 1.0))) ** power
   return (weights * total / np.sum(counts * weights)).astype(np.float32)
+
+
+def logit_adjustment_from_counts(counts: Sequence[float] | np.ndarray, *, tau: float = 1.0
+                                 ) -> np.ndarray:
+  """``tau * log(n_c / N)``: the training label prior as ``weighted_cross_entropy``'s
+  ``logit_adjustment`` (Menon et al. 2021 found tau = 1 best on balanced error). A class with count
+  0 is treated as count 1, as in ``class_weights_from_counts``."""
+  counts = np.maximum(_label_counts("logit_adjustment_from_counts", counts, tau=tau), 1.0)
+  return (tau * np.log(counts / counts.sum())).astype(np.float32)
 
 
 LOSSES: dict[str, Callable[..., Array]] = {
@@ -459,7 +487,7 @@ def get_loss(name: str, **options: Any) -> Callable[..., Array]:
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ValueError(f"loss {name!r}: unknown option(s) {unknown}; valid options: {sorted(valid)}")
-  for key in ("class_weights", "alpha"):  # lists from configs become hashable, jit-constant tuples
+  for key in ("class_weights", "alpha", "logit_adjustment"):  # lists from configs become hashable, jit-constant tuples
     if isinstance(options.get(key), list):
       options[key] = tuple(options[key])
   return functools.partial(LOSSES[name], **options)

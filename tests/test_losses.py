@@ -119,6 +119,38 @@ def test_class_weights_from_counts():
     losses.class_weights_from_counts([-1, 3])
 
 
+def test_logit_adjusted_cross_entropy():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(6, 3)).astype(np.float32)
+  labels = np.array([0, 1, 2, 2, 1, 0])
+  prior = np.array([0.1, 0.3, 0.6])
+  offsets = losses.logit_adjustment_from_counts([10, 30, 60], tau=1.0)
+  np.testing.assert_allclose(offsets, np.log(prior), rtol=1e-6)
+  np.testing.assert_allclose(losses.logit_adjustment_from_counts([10, 30, 60], tau=0.5),
+                             0.5 * np.log(prior), rtol=1e-6)
+  # The loss is the cross-entropy of the shifted logits (here by hand, with numpy).
+  z = logits + np.log(prior)
+  want = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(6), labels])
+  _close("logit-adjusted CE", losses.weighted_cross_entropy(logits, labels, logit_adjustment=offsets), want)
+  assert float(losses.weighted_cross_entropy(logits, labels, logit_adjustment=offsets)) != pytest.approx(
+      float(losses.weighted_cross_entropy(logits, labels)), rel=1e-3)
+  # Binary C == 1: the same as the two-class softmax over [0, z] with the offsets.
+  z1 = logits[:, :1]
+  y1 = labels % 2
+  two = np.concatenate([np.zeros_like(z1), z1], axis=-1)
+  _close("logit-adjusted CE, C == 1 vs its two-class softmax",
+         losses.weighted_cross_entropy(z1, y1, logit_adjustment=(-0.2, -1.7)),
+         losses.weighted_cross_entropy(two, y1, logit_adjustment=(-0.2, -1.7)))
+  # Through the registry (lists from configs), and shape errors name the option.
+  fn = losses.get_loss("cross_entropy", logit_adjustment=[float(o) for o in offsets])
+  _close("get_loss cross_entropy logit_adjustment", fn(logits, labels), want)
+  with pytest.raises(ValueError, match="logit_adjustment needs one value per class"):
+    losses.weighted_cross_entropy(logits, labels, logit_adjustment=(0.0, 1.0))
+  with pytest.raises(ValueError, match="tau"):
+    losses.logit_adjustment_from_counts([1, 2], tau=-1.0)
+  assert np.isfinite(losses.logit_adjustment_from_counts([5, 0])).all()
+
+
 def test_class_weights_match_sklearn():
   from sklearn.utils.class_weight import compute_class_weight
   y = np.random.default_rng(0).integers(0, 5, 500)

@@ -20,6 +20,8 @@ import optax
 import pytest
 
 from flaxderm import evaluate as evaluate_lib
+from flaxderm import losses
+from flaxderm.data import pipeline
 from flaxderm.train import checkpoint as checkpoint_lib
 from flaxderm.train import config as config_lib
 from flaxderm.train import loop, optim, parallel, setup
@@ -268,6 +270,18 @@ def test_train_writes_a_complete_run_and_evaluate_rescores_it(tmp_path):
   per_image = np.nanmean([float(r["dice/per_image"]) for r in rows])
   assert per_image == pytest.approx(metrics["dice/per_image"], abs=1e-6)
 
+  # Ablations of the scoring from the same run: another test-time augmentation, and a clear error
+  # for an EMA the run never kept.
+  flipped = evaluate_lib.evaluate_run(tmp_path, tta="flips")
+  saved = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+  assert saved["tta"] == "flips" and saved["metrics"]["dice/per_image"] == pytest.approx(
+      flipped["dice/per_image"], abs=1e-6)
+  assert flipped["dice/per_image"] != metrics["dice/per_image"]
+  with pytest.raises(ValueError, match="--tta must be one of"):
+    evaluate_lib.evaluate_run(tmp_path, tta="rot90")
+  with pytest.raises(ValueError, match="kept no EMA"):
+    evaluate_lib.evaluate_run(tmp_path, use_ema=True)
+
   # A second run into the same directory must say how to continue instead of overwriting.
   with pytest.raises(ValueError, match="--resume"):
     loop.train(tiny_config(), tmp_path)
@@ -362,6 +376,31 @@ def test_tta_averages_the_probabilities_of_the_flipped_views(classes, tta):
   cfg.eval.tta = "rot90"
   with pytest.raises(ValueError, match="eval.tta"):
     config_lib.validate_config(cfg)
+
+
+def test_class_weights_and_logit_adjustment_come_from_the_training_counts():
+  cfg = tiny_config(**{"data.task": "classification", "loss.name": "cross_entropy",
+                       "loss.class_weight_power": 1.0, "loss.logit_adjustment_tau": 0.5})
+  info = setup.run_info(cfg)
+  source = pipeline.open_source(cfg.data)
+  labels = [int(r["label"]) for r in source.split("train")]
+  counts = np.bincount(labels, minlength=len(info.class_names))
+  options = setup.count_loss_options(cfg, info)
+  np.testing.assert_allclose(options["class_weights"], losses.class_weights_from_counts(counts),
+                             rtol=1e-6)
+  np.testing.assert_allclose(options["logit_adjustment"],
+                             0.5 * np.log(np.maximum(counts, 1) / np.maximum(counts, 1).sum()),
+                             rtol=1e-5)
+  task = setup.make_task(cfg, info, loss_options=options)
+  logits = jnp.zeros((3, len(info.class_names)))
+  assert np.isfinite(float(task.loss_fn(logits, jnp.array([0, 1, 1]))))
+
+  assert setup.count_loss_options(tiny_config(), SEGMENTATION) == {}
+  with pytest.raises(ValueError, match="logit_adjustment_tau: for classification only"):
+    setup.count_loss_options(tiny_config(**{"loss.logit_adjustment_tau": 1.0}), SEGMENTATION)
+  cfg.loss.kwargs = {"class_weights": [1.0, 2.0]}
+  with pytest.raises(ValueError, match="either loss.kwargs.class_weights or loss.class_weight_power"):
+    setup.count_loss_options(cfg, info)
 
 
 def test_train_on_all_of_one_folder_and_score_another(tmp_path):

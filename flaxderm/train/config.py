@@ -51,12 +51,15 @@ def default_config() -> ml_collections.ConfigDict:
   # 2018 and validates on PH2). Empty: the validation split of `data`.
   c.eval_data = ml_collections.ConfigDict()
 
-  # Loss: flaxderm.losses.get_loss(name, **kwargs). class_weight_power > 0 (classification):
-  # class weights from the training label counts, losses.class_weights_from_counts(power=...).
+  # Loss: flaxderm.losses.get_loss(name, **kwargs). From the training label counts
+  # (classification, cross_entropy): class_weight_power > 0 gives class weights
+  # (losses.class_weights_from_counts), logit_adjustment_tau > 0 the logit-adjusted loss
+  # (losses.logit_adjustment_from_counts): two ways to aim at balanced accuracy.
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "dice_ce"
   c.loss.kwargs = ml_collections.ConfigDict()
   c.loss.class_weight_power = 0.0
+  c.loss.logit_adjustment_tau = 0.0
 
   # Optimiser (optax). weight_decay: decoupled for adamw, L2 added to the gradient otherwise
   # (PyTorch's convention for each). Norm scales and biases are not decayed unless

@@ -148,7 +148,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool =
   info = setup.run_info(cfg)
   model = setup.make_model(cfg, info)
   variables, labels = setup.init_variables(model, cfg)  # may set the data normalisation
-  task = setup.make_task(cfg, info, weights=setup.class_weights(cfg, info))
+  task = setup.make_task(cfg, info, loss_options=setup.count_loss_options(cfg, info))
   eval_data = setup.eval_data_config(cfg)
   validating = config_lib.has_validation(cfg)  # False: trains on all, scored by launch.py evaluate
   if validating:

@@ -78,31 +78,42 @@ def run_info(cfg: ml_collections.ConfigDict) -> RunInfo:
   return RunInfo(info.task, tuple(info.class_names), channels)
 
 
-def class_weights(cfg: ml_collections.ConfigDict, info: RunInfo) -> tuple[float, ...] | None:
-  """Loss class weights from the training label counts (``loss.class_weight_power`` > 0)."""
-  power = cfg.loss.class_weight_power
-  if power <= 0:
-    return None
+_COUNT_OPTION_KEYS = {"class_weights": "class_weight_power", "logit_adjustment": "logit_adjustment_tau"}
+
+
+def count_loss_options(cfg: ml_collections.ConfigDict, info: RunInfo) -> dict[str, tuple[float, ...]]:
+  """Loss options computed from the training label counts: ``class_weights`` when
+  ``loss.class_weight_power`` > 0, ``logit_adjustment`` when ``loss.logit_adjustment_tau`` > 0."""
+  power, tau = cfg.loss.class_weight_power, cfg.loss.logit_adjustment_tau
+  wanted = [o for o, key in _COUNT_OPTION_KEYS.items() if cfg.loss[key] > 0]
+  if not wanted:
+    return {}
   if info.task != "classification":
-    raise ValueError("config.loss.class_weight_power applies to classification; for segmentation "
-                     "set config.loss.kwargs.class_weights (background, lesion) explicitly")
-  if "class_weights" in cfg.loss.kwargs:
-    raise ValueError("config.loss: give either loss.kwargs.class_weights or "
-                     "loss.class_weight_power, not both")
+    raise ValueError(f"config.loss.{_COUNT_OPTION_KEYS[wanted[0]]}: for classification only; for "
+                     "segmentation set config.loss.kwargs.class_weights (background, lesion)")
+  for option in wanted:
+    if option in cfg.loss.kwargs:
+      raise ValueError(f"config.loss: give either loss.kwargs.{option} or "
+                       f"loss.{_COUNT_OPTION_KEYS[option]}, not both")
   source = pipeline.open_source(cfg.data)
   split, indices = pipeline.resolve_split(source, cfg.data, cfg.data.train_split)
   records = source.split(split)
   counts = np.bincount([int(records[int(i)]["label"]) for i in indices],
                        minlength=len(info.class_names))
-  weights = losses.class_weights_from_counts(counts, power=power)
-  log.info("class weights %s from training counts %s", weights.round(4).tolist(), counts.tolist())
-  return tuple(float(w) for w in weights)
+  options = {}
+  if power > 0:
+    options["class_weights"] = losses.class_weights_from_counts(counts, power=power)
+  if tau > 0:
+    options["logit_adjustment"] = losses.logit_adjustment_from_counts(counts, tau=tau)
+  for option, values in options.items():
+    log.info("loss %s %s from training counts %s", option, values.round(4).tolist(),
+             counts.tolist())
+  return {option: tuple(float(v) for v in values) for option, values in options.items()}
 
 
-def make_task(cfg: ml_collections.ConfigDict, info: RunInfo, *, weights=None) -> Task:
-  kwargs = dict(cfg.loss.kwargs)
-  if weights is not None:
-    kwargs["class_weights"] = weights
+def make_task(cfg: ml_collections.ConfigDict, info: RunInfo, *,
+              loss_options: dict[str, Any] | None = None) -> Task:
+  kwargs = {**cfg.loss.kwargs, **(loss_options or {})}
   try:
     loss_fn = losses.get_loss(cfg.loss.name, **kwargs)
   except ValueError as e:

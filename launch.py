@@ -4,8 +4,8 @@
     python launch.py EXPERIMENT[:runlocal] [--config.KEY=VALUE ...] [--workdir DIR] [--resume]
     python launch.py EXPERIMENT --sweep               # every run of the experiment's sweep()
     python launch.py --list                           # experiments, one line each
-    python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best] [--no-ema]
-        [--tta none|hflip|flips]
+    python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
+        [--ema | --no-ema] [--tta none|hflip|flips]
 
 EXPERIMENT names a file ``experiments/EXPERIMENT.py`` whose ``get_config(arg)`` returns the config
 (``:runlocal`` passes "runlocal": a seconds-long smoke run of the same experiment). Multi-host:

@@ -487,7 +487,8 @@ def get_loss(name: str, **options: Any) -> Callable[..., Array]:
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ValueError(f"loss {name!r}: unknown option(s) {unknown}; valid options: {sorted(valid)}")
-  for key in ("class_weights", "alpha", "logit_adjustment"):  # lists from configs become hashable, jit-constant tuples
+  # Lists from configs become hashable, jit-constant tuples.
+  for key in ("class_weights", "alpha", "logit_adjustment"):
     if isinstance(options.get(key), list):
       options[key] = tuple(options[key])
   return functools.partial(LOSSES[name], **options)

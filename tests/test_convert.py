@@ -26,8 +26,7 @@ from flaxderm.models.vit import resample_position_embedding
 TINY_STAGES = (Stage(1, 3, 1, 1, 8), Stage(1, 3, 2, 2, 8), Stage(1, 3, 2, 2, 16),
                Stage(1, 5, 2, 2, 16), Stage(1, 3, 2, 2, 24))
 TINY = dict(stages=TINY_STAGES, stem_channels=8, head_channels=32)
-# Segmentation models get a one-block-per-stage ResNet-18: unet.hashable_options turns the
-# EfficientNet ``Stage`` tuples in encoder_kwargs into plain tuples.
+# Segmentation models get a one-block-per-stage ResNet-18 encoder.
 TINY_RESNET = dict(depths=(1, 1, 1, 1))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from flaxderm.models import create_model, layers, list_models, registry
+from flaxderm.models.efficientnet import Stage
 from flaxderm.models.unet import Upsample2x
 
 TINY = "_test_tiny_encoder"
@@ -188,6 +189,11 @@ def test_codec_shapes(width):
 @pytest.mark.parametrize("name,kwargs", [
     ("unet", dict(encoder_name="resnet18", decoder_channels=(16, 8, 8, 8, 8))),
     ("unet", dict(encoder_name="vit_tiny", decoder_channels=(16, 8, 8, 8, 8))),
+    # Stage is a NamedTuple: the options must reach the encoder as Stages, not plain tuples.
+    ("unet", dict(encoder_name="efficientnet_b0", decoder_channels=(16, 8, 8, 8, 8),
+                  encoder_kwargs=dict(stem_channels=8, head_channels=16, stages=(
+                      Stage(1, 3, 1, 1, 8), Stage(1, 3, 2, 2, 8), Stage(1, 3, 2, 2, 16),
+                      Stage(1, 5, 2, 2, 16), Stage(1, 3, 2, 2, 24))))),
     ("deeplabv3plus", dict(encoder_name="resnet18", decoder_channels=16, output_stride=8)),
     ("deeplabv3plus", dict(encoder_name="resnet18", decoder_channels=16, output_stride=16)),
 ])

@@ -78,37 +78,41 @@ def run_info(cfg: ml_collections.ConfigDict) -> RunInfo:
   return RunInfo(info.task, tuple(info.class_names), channels)
 
 
-_COUNT_OPTION_KEYS = {"class_weights": "class_weight_power", "logit_adjustment": "logit_adjustment_tau"}
+# loss option -> (the config.loss key that turns it on when > 0, how the counts become the option)
+_COUNT_OPTIONS = {
+    "class_weights": ("class_weight_power",
+                      lambda counts, power: losses.class_weights_from_counts(counts, power=power)),
+    "logit_adjustment": ("logit_adjustment_tau",
+                         lambda counts, tau: losses.logit_adjustment_from_counts(counts, tau=tau)),
+}
 
 
 def count_loss_options(cfg: ml_collections.ConfigDict, info: RunInfo) -> dict[str, tuple[float, ...]]:
   """Loss options computed from the training label counts: ``class_weights`` when
   ``loss.class_weight_power`` > 0, ``logit_adjustment`` when ``loss.logit_adjustment_tau`` > 0."""
-  power, tau = cfg.loss.class_weight_power, cfg.loss.logit_adjustment_tau
-  wanted = [o for o, key in _COUNT_OPTION_KEYS.items() if cfg.loss[key] > 0]
+  wanted = {option: (key, from_counts) for option, (key, from_counts) in _COUNT_OPTIONS.items()
+            if cfg.loss[key] > 0}
   if not wanted:
     return {}
   if info.task != "classification":
-    raise ValueError(f"config.loss.{_COUNT_OPTION_KEYS[wanted[0]]}: for classification only; for "
+    key = next(iter(wanted.values()))[0]
+    raise ValueError(f"config.loss.{key}: for classification only; for "
                      "segmentation set config.loss.kwargs.class_weights (background, lesion)")
-  for option in wanted:
+  for option, (key, _) in wanted.items():
     if option in cfg.loss.kwargs:
-      raise ValueError(f"config.loss: give either loss.kwargs.{option} or "
-                       f"loss.{_COUNT_OPTION_KEYS[option]}, not both")
+      raise ValueError(f"config.loss: give either loss.kwargs.{option} or loss.{key}, not both")
   source = pipeline.open_source(cfg.data)
   split, indices = pipeline.resolve_split(source, cfg.data, cfg.data.train_split)
   records = source.split(split)
   counts = np.bincount([int(records[int(i)]["label"]) for i in indices],
                        minlength=len(info.class_names))
   options = {}
-  if power > 0:
-    options["class_weights"] = losses.class_weights_from_counts(counts, power=power)
-  if tau > 0:
-    options["logit_adjustment"] = losses.logit_adjustment_from_counts(counts, tau=tau)
-  for option, values in options.items():
+  for option, (key, from_counts) in wanted.items():
+    values = from_counts(counts, cfg.loss[key])
     log.info("loss %s %s from training counts %s", option, values.round(4).tolist(),
              counts.tolist())
-  return {option: tuple(float(v) for v in values) for option, values in options.items()}
+    options[option] = tuple(float(v) for v in values)
+  return options
 
 
 def make_task(cfg: ml_collections.ConfigDict, info: RunInfo, *,

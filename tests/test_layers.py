@@ -1,6 +1,7 @@
 """Shared layers whose implementation differs from the textbook op they stand for."""
 from __future__ import annotations
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,3 +37,27 @@ def test_depthwise_conv_equals_grouped_conv_with_gradients(kernel_size, strides,
 def test_depthwise_conv_names_a_kernel_that_does_not_fit():
   with pytest.raises(ValueError, match=r"kernel shape \(3, 3, 1, 4\).*\(1, 8, 8, 6\)"):
     layers.depthwise_conv(jnp.zeros((1, 8, 8, 6)), jnp.zeros((3, 3, 1, 4)))
+
+
+@pytest.mark.parametrize("window,strides,padding,size", [
+    (2, 2, 0, (12, 8)),  # reshape form
+    (3, 2, 1, (12, 8)),  # pair form (ResNet stem)
+    (3, 2, 1, (11, 8)),  # odd height: flax's reduce_window
+    (2, 2, 0, (11, 8)),
+])
+def test_max_pool_equals_reduce_window_with_gradients(window, strides, padding, size):
+  # Distinct values, so no window has tied maxima (ties share the gradient in the fast forms).
+  x = jax.random.permutation(jax.random.key(0), jnp.arange(2 * size[0] * size[1] * 3.0)).reshape(
+      (2, *size, 3))
+
+  def reference(x):
+    return flax.linen.max_pool(x, (window, window), strides=(strides, strides),
+                               padding=((padding, padding), (padding, padding)))
+
+  def ours(x):
+    return layers.max_pool(x, window, strides=strides, padding=padding)
+
+  np.testing.assert_array_equal(ours(x), reference(x))
+  probe = jax.random.normal(jax.random.key(1), reference(x).shape)
+  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(ours(x) * probe))(x),
+                             jax.grad(lambda x: jnp.sum(reference(x) * probe))(x), rtol=1e-6)

@@ -123,6 +123,37 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int = 1, dilatio
   return out
 
 
+def max_pool(x: jax.Array, window: int, strides: int, padding: int = 0) -> jax.Array:
+  """``nn.max_pool`` over square windows (padding with -inf), written where it can be as reshapes
+  and elementwise maxima.
+
+  On XLA:CPU the gradient of ``reduce_window`` max is a select-and-scatter that ran 5x slower than
+  everything else the pool costs (benchmarks/NOTES.md); these forms differentiate into compares
+  and selects. Same values; where a window holds equal maxima the gradient is shared between them
+  instead of going to the first (after ReLU such ties are zeros, whose gradient ReLU drops).
+  """
+  n, h, w, c = x.shape
+  if window == strides and not padding and h % strides == 0 and w % strides == 0:
+    return x.reshape(n, h // strides, strides, w // strides, strides, c).max(axis=(2, 4))
+  if (window, strides, padding) == (3, 2, 1) and h % 2 == 0 and w % 2 == 0:
+    return _max_pool_3x3_stride2(_max_pool_3x3_stride2(x, axis=1), axis=2)
+  return nn.max_pool(x, (window, window), strides=(strides, strides),
+                     padding=((padding, padding), (padding, padding)))
+
+
+def _max_pool_3x3_stride2(x: jax.Array, axis: int) -> jax.Array:
+  """Output i covers inputs 2i-1, 2i, 2i+1 along ``axis`` (padding 1, even length): the maximum of
+  pair i and the second element of pair i-1."""
+  size = x.shape[axis]
+  pairs = x.reshape(x.shape[:axis] + (size // 2, 2) + x.shape[axis + 1:])
+  second = jax.lax.index_in_dim(pairs, 1, axis + 1, keepdims=False)
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (1, 0)
+  previous = jnp.pad(jax.lax.slice_in_dim(second, 0, size // 2 - 1, axis=axis), pad,
+                     constant_values=-jnp.inf)
+  return jnp.maximum(pairs.max(axis=axis + 1), previous)
+
+
 class _ConvWeights(nn.Module):
   """``nn.Conv``'s ``kernel`` / ``bias`` parameters and dtype handling, for the convolutions below
   that compute differently with the same parameters (so checkpoints and converters still fit)."""

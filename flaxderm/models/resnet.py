@@ -192,7 +192,7 @@ class ResNet(ConvNet):
     x = nn.relu(layers.Norm(self.norm, dtype=self.dtype, param_dtype=self.param_dtype,
                             name="bn1")(x, train))
     features = [x]
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = layers.max_pool(x, 3, strides=2, padding=1)
     total, index = sum(self.depths), 0
     schedule = stage_dilations((1, 2, 2, 2), self.output_stride, stride=4)
     for stage, (depth, width, (stride, first_dilation, dilation)) in enumerate(

@@ -293,7 +293,7 @@ class UNet(nn.Module):
     for level in range(self.depth + 1):
       if level:
         skips.append(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool(x, 2, strides=2)
       x = self._block(self.base_width * 2 ** level, f"encoder_blocks_{level}")(x, train=train)
     deepest = x
     for i, skip in enumerate(reversed(skips)):

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from flaxderm.models import create_model
+from flaxderm.train import parallel
 
 import environment  # benchmarks/environment.py, beside this script
 
@@ -114,13 +115,19 @@ def loss_fn(logits, labels, segmentation: bool):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def bench_flax(spec: Spec, batch: int, warmup: int, steps: int, dtype) -> dict[str, float]:
+def batch_shapes(spec: Spec, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Shapes of the images and the labels (masks or class ids) of one batch."""
+  labels = (batch, spec.size, spec.size) if spec.segmentation else (batch,)
+  return (batch, spec.size, spec.size, 3), labels
+
+
+def compile_flax(spec: Spec, batch: int, dtype, compiler_options) -> tuple[Any, tuple, float]:
+  """(compiled train step, initial train state, compile seconds) for ``batch`` examples; the
+  batch itself is abstract here, so compiling a huge batch allocates nothing."""
   model = create_model(spec.name, num_classes=spec.num_classes, dtype=dtype, **spec.flax_kwargs)
-  rng = np.random.default_rng(SEED)
-  x = jnp.asarray(rng.standard_normal((batch, spec.size, spec.size, 3), np.float32))
-  shape = (batch, spec.size, spec.size) if spec.segmentation else (batch,)
-  y = jnp.asarray(rng.integers(0, max(spec.num_classes, 2), shape), jnp.int32)
-  variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.PRNGKey(SEED))
+  image_shape, label_shape = batch_shapes(spec, batch)
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape[1:])), train=False))(
+      jax.random.PRNGKey(SEED))
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   tx = optax.adam(1e-3)
@@ -139,15 +146,28 @@ def bench_flax(spec: Spec, batch: int, warmup: int, steps: int, dtype) -> dict[s
     params = optax.apply_updates(params, upd)
     return (params, updates.get("batch_stats", batch_stats), opt_state), loss
 
-  key = jax.random.PRNGKey(SEED)
   t = time.perf_counter()
-  compiled = jax.jit(train_step, donate_argnums=0).lower(state, x, y, key).compile()
-  compile_s = time.perf_counter() - t
+  compiled = jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options).lower(
+      state, jax.ShapeDtypeStruct(image_shape, jnp.float32),
+      jax.ShapeDtypeStruct(label_shape, jnp.int32), jax.random.PRNGKey(SEED)).compile()
+  return compiled, state, time.perf_counter() - t
+
+
+def peak_bytes(compiled) -> float:
+  mem = compiled.memory_analysis()
+  return float(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes)
+
+
+def bench_flax(spec: Spec, batch: int, warmup: int, steps: int, dtype,
+               compiler_options) -> dict[str, float]:
+  compiled, state, compile_s = compile_flax(spec, batch, dtype, compiler_options)
+  rng = np.random.default_rng(SEED)
+  image_shape, label_shape = batch_shapes(spec, batch)
+  x = jnp.asarray(rng.standard_normal(image_shape, np.float32))
+  y = jnp.asarray(rng.integers(0, max(spec.num_classes, 2), label_shape), jnp.int32)
+  key = jax.random.PRNGKey(SEED)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  peak = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-
   holder = [state]
 
   def step():
@@ -156,7 +176,34 @@ def bench_flax(spec: Spec, batch: int, warmup: int, steps: int, dtype) -> dict[s
 
   times = time_steps(step, warmup, steps)
   return {"step_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-          "flops": float(cost["flops"]), "peak_bytes": float(peak), "compile_s": compile_s}
+          "flops": float(cost["flops"]), "peak_bytes": peak_bytes(compiled),
+          "compile_s": compile_s}
+
+
+def largest_batch(spec: Spec, peaks: dict[int, float], limit: float, dtype,
+                  compiler_options) -> int | None:
+  """The largest batch whose compiled step's XLA peak fits in ``limit`` bytes: the straight line
+  through the measured (batch, peak) points, then compile-only checks (nothing is allocated)
+  stepping down until one fits. None without two measured batch sizes."""
+  if len(peaks) < 2:
+    return None
+  (b0, p0), (b1, p1) = sorted(peaks.items())[:2]
+  per_example = (p1 - p0) / (b1 - b0)
+  if per_example <= 0:
+    return None
+  batch = int((limit - (p0 - per_example * b0)) // per_example)
+  while batch > b1:
+    if peak_bytes(compile_flax(spec, batch, dtype, compiler_options)[0]) <= limit:
+      return batch
+    batch = int(batch * 0.9)
+  return batch if batch >= 1 else None
+
+
+def memory_limit(use_gpu: bool) -> float:
+  """Bytes one step may use: the GPU's allocator limit, or the host's physical memory."""
+  if use_gpu:
+    return float(jax.devices()[0].memory_stats()["bytes_limit"])
+  return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,6 +312,9 @@ def parse_args(argv=None):
   p.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
   p.add_argument("--no-append", action="store_true", help=f"do not append to {RESULTS.name}")
   p.add_argument("--matmul-n", type=int, default=2048, help="size of the ceiling matmul")
+  p.add_argument("--xla-defaults", action="store_true",
+                 help="compile with XLA's default options instead of flaxderm's "
+                      "(flaxderm.train.parallel.compiler_options), to measure what they change")
   args = p.parse_args(argv)
   if args.quick:
     args.models, args.batch_sizes, args.steps, args.warmup = "unet,resnet50", "2", 1, 1
@@ -292,6 +342,8 @@ def main(argv=None):
   elif jax.default_backend() != "cpu":
     jax.config.update("jax_platforms", "cpu")
   dtype = jnp.bfloat16 if use_gpu else None
+  options = None if args.xla_defaults else parallel.compiler_options(jax.devices()[0].platform)
+  limit = memory_limit(use_gpu)
 
   try:
     import torch
@@ -313,14 +365,16 @@ def main(argv=None):
 
   header = ("| model | px | batch | flaxderm img/s | ms/step (min-max) | GFLOP/step | GFLOP/s | "
             "% of JAX matmul | XLA peak MiB | compile s | PyTorch img/s | ms/step (min-max) | "
-            "PyTorch GFLOP/s | flaxderm/PyTorch |")
-  rows = [header, "|" + "---|" * 3 + "---:|" * 11]
+            "PyTorch GFLOP/s | flaxderm/PyTorch | largest batch |")
+  rows = [header, "|" + "---|" * 3 + "---:|" * 12]
   notes = []
   print(header, flush=True)
   for name in args.models:
     spec = SPECS[name]
+    peaks, model_rows = {}, []
     for batch in args.batch_sizes or spec.batch_sizes:
-      f = bench_flax(spec, batch, args.warmup, args.steps, dtype)
+      f = bench_flax(spec, batch, args.warmup, args.steps, dtype, options)
+      peaks[batch] = f["peak_bytes"]
       gflops = f["flops"] / f["step_s"] / 1e9
       cells = [name, spec.size, batch, f"{batch / f['step_s']:.2f}",
                f"{1e3 * f['step_s']:.0f} ({1e3 * f['min_s']:.0f}-{1e3 * f['max_s']:.0f})",
@@ -341,9 +395,11 @@ def main(argv=None):
         if why and f"{name}: {why}" not in notes:
           notes.append(f"{name}: {why}")
         cells += ["-"] * 4
-      row = "| " + " | ".join(str(c) for c in cells) + " |"
-      rows.append(row)
-      print(row, flush=True)
+      model_rows.append(cells)
+      print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+    fits = largest_batch(spec, peaks, limit, dtype, options)
+    for cells in model_rows:
+      rows.append("| " + " | ".join(str(c) for c in cells + [fits or "-"]) + " |")
   runtime = time.perf_counter() - started
   load_end = os.getloadavg()
 
@@ -363,6 +419,10 @@ def main(argv=None):
       "- GFLOP/step: XLA cost analysis of the compiled flaxderm step; PyTorch GFLOP/s divides the "
       "same count by PyTorch's step time. XLA peak = temp + argument + output bytes of the "
       "compiled step. flaxderm/PyTorch > 1 means flaxderm is faster.",
+      f"- largest batch: the largest batch whose compiled step's XLA peak fits in "
+      f"{limit / 2 ** 30:.0f} GiB ({'the GPU allocator limit' if use_gpu else 'physical memory'}),"
+      f" from the line through the two batch sizes' peaks, checked by compiling it",
+      f"- XLA options: {'XLA defaults (--xla-defaults)' if options is None else options}",
       *(f"- {n}" for n in notes),
       f"- runtime of the whole run: {runtime:.0f} s", "", *rows, ""]
   text = "\n".join(lines)

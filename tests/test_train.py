@@ -22,6 +22,7 @@ import pytest
 from flaxderm import evaluate as evaluate_lib
 from flaxderm import losses
 from flaxderm.data import pipeline
+from flaxderm.models import create_model
 from flaxderm.train import checkpoint as checkpoint_lib
 from flaxderm.train import config as config_lib
 from flaxderm.train import loop, optim, parallel, setup
@@ -431,3 +432,37 @@ def test_train_on_all_of_one_folder_and_score_another(tmp_path):
   cfg.final_params = "best"
   with pytest.raises(ValueError, match="final_params='best' needs validation data"):
     loop.train(cfg, tmp_path / "run_best")
+
+
+# ------------------------------------------------------------------------------------------------
+# XLA options of the compiled steps.
+
+
+def test_cpu_compiler_options_compute_the_same_step():
+  options = parallel.compiler_options("cpu")
+  assert options == parallel.CPU_COMPILER_OPTIONS  # this jaxlib accepts them
+  assert parallel.compiler_options("gpu") is None
+  model = create_model("unet", num_classes=1, base_width=8, depth=2)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                            mutable=["batch_stats"])
+    return jnp.mean(logits ** 2)
+
+  ours = jax.jit(jax.grad(loss), compiler_options=options)(variables["params"])
+  default = jax.jit(jax.grad(loss))(variables["params"])
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(default)):
+    np.testing.assert_allclose(a, b, atol=1e-4 * float(np.abs(b).max()) + 1e-7)
+
+
+def test_compiler_options_a_jaxlib_rejects_fall_back_to_defaults(monkeypatch, caplog):
+  monkeypatch.setattr(parallel, "CPU_COMPILER_OPTIONS",
+                      {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE"})
+  parallel.compiler_options.cache_clear()
+  try:
+    assert parallel.compiler_options("cpu") is None
+    assert "not accepted by this jaxlib" in caplog.text
+  finally:
+    parallel.compiler_options.cache_clear()

@@ -321,8 +321,7 @@ def _evaluate_and_keep_best(evaluate, state, step, best_metric, cfg, meta, check
 def _save_predictions(path: Path, model, state: TrainState, eval_data, cfg, par
                       ) -> Path | None:
   """The first validation images with their true and predicted masks, as a PNG grid."""
-  predict = jax.jit(step_lib.make_predict_step(model, cfg, use_ema=cfg.use_ema),
-                    in_shardings=(par.replicated, par.sharded), out_shardings=par.sharded)
+  predict = par.compile_case_step(step_lib.make_predict_step(model, cfg, use_ema=cfg.use_ema))
   batch = next(iter(evaluate_lib.eval_batches(eval_data, None, cfg.eval.batch_size)))
   logits = par.gather(predict(state, par.shard_batch({"image": batch["image"]})["image"]))
   images = par.gather(np.asarray(batch["image"]))

@@ -14,10 +14,13 @@ or on the device count:
 Multi-host: ``initialize_distributed`` starts JAX's runtime (explicit coordinator flags, or
 auto-detected SLURM / Open MPI / JAX_COORDINATOR_ADDRESS environments); each process passes only
 its own shard of the batch and ``jax.make_array_from_process_local_data`` assembles the global one.
+
+Steps compiled with ``jax.jit`` for CPU devices get ``compiler_options("cpu")``; see there.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -102,6 +105,38 @@ def synced_batchnorm(axis_name: str) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------
+# XLA options for the compiled steps.
+
+# jaxlib 0.10's XLA:CPU sends convolutions, dots and reductions to YNNPACK, which runs the narrow,
+# high-resolution convolutions that dominate a U-Net on one thread; Eigen's convolutions use every
+# core (2 cores, 3x3 conv 8x64x64x64: forward / input gradient / weight gradient 13.0 / 11.8 /
+# 23.0 ms -> 8.2 / 7.8 / 9.1 ms; benchmarks/NOTES.md). The list is jaxlib 0.10's default without
+# INDIVIDUAL_CONVOLUTION (compile options take no "-type" form).
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+
+@functools.cache
+def compiler_options(platform: str) -> dict[str, str] | None:
+  """``jax.jit(..., compiler_options=...)`` for flaxderm's model steps on ``platform`` (None:
+  XLA's defaults). Tried once on a tiny function: a jaxlib that no longer knows an option gets
+  XLA's defaults and a warning instead of a step that fails to compile."""
+  if platform != "cpu":
+    return None
+  cpu = jax.local_devices(backend="cpu")[0]
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
+        jax.device_put(np.zeros(1, np.float32), cpu)).compile()
+  except jax.errors.JaxRuntimeError as e:
+    log.warning("XLA:CPU options %s not accepted by this jaxlib (%s); compiling with XLA's "
+                "defaults", CPU_COMPILER_OPTIONS, e)
+    return None
+  return CPU_COMPILER_OPTIONS
+
+
+# ------------------------------------------------------------------------------------------------
 # The mesh and what runs on it.
 
 
@@ -118,6 +153,7 @@ class DataParallel:
                               devices=devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
+    self.compiler_options = compiler_options(devices[0].platform)
 
   @property
   def num_devices(self) -> int:
@@ -152,7 +188,8 @@ class DataParallel:
     input state."""
     if self.mode == "auto":
       return jax.jit(step, in_shardings=(self.replicated, self.sharded, self.replicated),
-                     out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+                     out_shardings=(self.replicated, self.replicated), donate_argnums=0,
+                     compiler_options=self.compiler_options)
 
     def per_device(state, batch, progress):
       with synced_batchnorm(AXIS):
@@ -170,11 +207,12 @@ class DataParallel:
     """``step(state, batch) -> replicated result`` (summed statistics): jit in both modes, the
     state layout being the same."""
     return jax.jit(step, in_shardings=(self.replicated, self.sharded),
-                   out_shardings=self.replicated)
+                   out_shardings=self.replicated, compiler_options=self.compiler_options)
 
   def compile_case_step(self, step: Callable) -> Callable:
     """``step(state, batch) -> per-example results`` kept sharded like the batch."""
-    return jax.jit(step, in_shardings=(self.replicated, self.sharded), out_shardings=self.sharded)
+    return jax.jit(step, in_shardings=(self.replicated, self.sharded), out_shardings=self.sharded,
+                   compiler_options=self.compiler_options)
 
   @staticmethod
   def fetch(tree: Any) -> Any:

@@ -5,7 +5,9 @@ state is donated), compiled once ahead of time so that its FLOPs and memory come
 cost and memory analyses, then warm-up steps (untimed) and timed steps (each `block_until_ready`);
 the median step time is reported. The same model, batch and optimiser then run in PyTorch with the
 same thread count. A large float32 matmul measured in the same run gives the machine's ceiling, so
-each row also shows which fraction of it the train step reaches.
+each row also shows which fraction of it the train step reaches. Steps compile with the XLA
+options flaxderm's training uses (``flaxderm.train.parallel.compiler_options``; ``--xla-defaults``
+for XLA's own). The largest batch that fits comes from XLA's memory analysis of compile-only steps.
 
 GFLOP/s of both frameworks is XLA's FLOP count of the flaxderm step divided by the step time: the
 same math, counted once (PyTorch has no compiled cost analysis to read).
@@ -14,6 +16,7 @@ same math, counted once (PyTorch has no compiled cost analysis to read).
   python benchmarks/train_step.py --quick --no-append
   python benchmarks/train_step.py --models unet,resnet50 --batch-sizes 4,16 --steps 5
   python benchmarks/train_step.py --device gpu      # bfloat16 compute on a GPU
+  python benchmarks/train_step.py --models unet --xla-defaults --no-append
 """
 
 from __future__ import annotations
@@ -192,11 +195,11 @@ def largest_batch(spec: Spec, peaks: dict[int, float], limit: float, dtype,
   if per_example <= 0:
     return None
   batch = int((limit - (p0 - per_example * b0)) // per_example)
-  while batch > b1:
+  while batch >= 1:
     if peak_bytes(compile_flax(spec, batch, dtype, compiler_options)[0]) <= limit:
       return batch
-    batch = int(batch * 0.9)
-  return batch if batch >= 1 else None
+    batch = min(batch - 1, int(batch * 0.9))
+  return None
 
 
 def memory_limit(use_gpu: bool) -> float:

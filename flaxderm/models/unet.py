@@ -47,10 +47,10 @@ def hashable_options(options: dict[str, Any]) -> dict[str, Any]:
   """Lists -> tuples and dicts -> FrozenDicts, recursively, so a module built from user options
   stays hashable (flax compares and hashes module fields)."""
   def freeze(v):
-    if isinstance(v, list) or type(v) is tuple:
-      return tuple(freeze(i) for i in v)
-    if isinstance(v, tuple):  # a NamedTuple keeps its type (and field names)
+    if isinstance(v, tuple) and hasattr(v, "_fields"):  # a NamedTuple keeps its type
       return type(v)(*(freeze(i) for i in v))
+    if isinstance(v, (list, tuple)):
+      return tuple(freeze(i) for i in v)
     if isinstance(v, Mapping):
       return flax.core.FrozenDict({k: freeze(i) for k, i in v.items()})
     return v

@@ -269,6 +269,56 @@ def test_manual_only_dataset_without_files_explains_the_layout(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# A prepared copy belongs to its source files.
+
+
+def test_prepared_copy_is_rebuilt_for_another_folder_or_changed_files(tmp_path, caplog):
+  first, second = tmp_path / "first", tmp_path / "second"
+  write_isic(first, "isic2016_task1", count=2, splits=("train",))
+  write_isic(second, "isic2016_task1", count=3, splits=("train",))
+  builder = prepare("isic2016_task1", tmp_path, first)
+  assert builder.info.splits["train"].num_examples == 2
+  recorded = builder.recorded_source()
+  assert recorded["manual_dir"] == str(first.resolve()) and recorded["num_files"] > 0
+  assert prepare("isic2016_task1", tmp_path, first).recorded_source() == recorded  # reused
+
+  with caplog.at_level("WARNING"):
+    builder = prepare("isic2016_task1", tmp_path, second)
+  assert builder.info.splits["train"].num_examples == 3
+  assert f"prepared from {first.resolve()}, not from {second.resolve()}" in caplog.text
+
+  images = second / ISIC_LAYOUTS["isic2016_task1"][1]["train"][0]
+  (images / "ISIC_0000002.jpg").unlink()
+  (second / ISIC_LAYOUTS["isic2016_task1"][1]["train"][1] / "ISIC_0000002_Segmentation.png"
+   ).unlink()
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    builder = prepare("isic2016_task1", tmp_path, second)
+  assert builder.info.splits["train"].num_examples == 2
+  assert f"files in {second.resolve()} changed" in caplog.text
+
+
+def test_missing_manual_dir_is_an_error_even_with_a_prepared_copy(tmp_path):
+  write_isic(tmp_path / "manual", "isic2016_task1", count=2, splits=("train",))
+  prepare("isic2016_task1", tmp_path, tmp_path / "manual")
+  with pytest.raises(ValueError, match=f"manual_dir {tmp_path / 'gone'} does not exist"):
+    prepare("isic2016_task1", tmp_path, tmp_path / "gone")
+
+
+def test_wrong_layout_fails_before_preparation(tmp_path, monkeypatch):
+  # A PH2 folder given to an ISIC builder: named expected files, and no download attempt.
+  manual = write_ph2(tmp_path / "manual", {"IMD002": "common_nevus"}, ["IMD002"])
+
+  def no_download(self, urls):
+    raise AssertionError("downloaded although a manual_dir was given")
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", no_download)
+  monkeypatch.setattr(common.Builder, "_generate_examples", no_download)
+  with pytest.raises(ValueError, match=r"none of .*ISIC2018_Task3_Training_Input.* found under"):
+    prepare("isic2018_task3", tmp_path, manual)
+
+
+# ----------------------------------------------------------------------------------------------
 # Bad input: an error naming the file and the problem, or skipped and reported.
 
 TRAIN_IMAGES, TRAIN_MASKS = ISIC_LAYOUTS["isic2018_task1"][1]["train"]
@@ -283,6 +333,16 @@ def _truncated(image: Path, mask: Path) -> Path:
   data = io.BytesIO()
   Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(data, "JPEG")
   image.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+  return image
+
+
+def _corrupt_middle(image: Path, mask: Path) -> Path:
+  # Damaged entropy-coded data: PIL and OpenCV decode it without an error.
+  data = bytearray(image.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 16] = bytes(16)
+  image.write_bytes(bytes(data))
+  Image.open(image).load()
   return image
 
 
@@ -307,6 +367,7 @@ def _missing_image(image: Path, mask: Path) -> Path:
 @pytest.mark.parametrize("spoil, problem", [
     (_corrupt, "cannot decode image"),
     (_truncated, "cannot decode image .*[Tt]runcated"),
+    (_corrupt_middle, "cannot decode image .*Corrupt JPEG data"),
     (_mask_size, "mask is 41x30 but its image is 40x30"),
     (_grey_mask, "mask is not binary"),
     (_missing_mask, "missing mask file"),

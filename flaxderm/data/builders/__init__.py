@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,16 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
             skip_bad_examples: bool = False) -> tfds.core.DatasetBuilder:
   """Builds dataset ``name`` (once; a prepared copy is reused) and returns its builder.
 
+  A prepared copy is reused only for the files it was prepared from: with a ``manual_dir``, its
+  official files are fingerprinted (paths, sizes, mtimes; see ``common.SOURCE_NAME``) and a copy
+  prepared from another folder, or from files changed since, is prepared again (a warning names
+  both). With no ``manual_dir`` a prepared copy is used as it is.
+
   Args:
     name: a key of ``BUILDERS``.
     data_dir: where prepared datasets live (default ``default_data_dir()``).
-    manual_dir: folder holding the official download (searched a few levels deep).
+    manual_dir: folder holding the official download (searched a few levels deep); it must exist
+      and hold some of the official files, checked before anything is prepared.
     builder_config: a predefined config name (default: the builder's first).
     builder_kwargs: config options overriding ``builder_config``'s.
     skip_bad_examples: leave out bad examples (listed in ``bad_examples.json`` next to the
@@ -59,8 +66,21 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
     raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
   cls = BUILDERS[name]
   config = cls.resolve_config(builder_config, builder_kwargs)
-  builder = cls(data_dir=os.fspath(data_dir or default_data_dir()), config=config,
-                skip_bad_examples=skip_bad_examples)
+
+  def make_builder() -> common.Builder:
+    return cls(data_dir=os.fspath(data_dir or default_data_dir()), config=config,
+               skip_bad_examples=skip_bad_examples)
+
+  builder = make_builder()
+  if manual_dir is not None and builder.official_files():
+    wanted = builder.source_record(manual_dir, builder.find_official_files(manual_dir))
+    if builder.is_prepared():
+      recorded = builder.recorded_source()
+      if recorded is None or recorded.get("fingerprint") != wanted["fingerprint"]:
+        log.warning("%s in %s: %s; preparing it again from %s", builder.info.full_name,
+                    builder.data_dir, _stale_reason(recorded, wanted), wanted["manual_dir"])
+        shutil.rmtree(os.fspath(builder.data_path))
+        builder = make_builder()
   builder.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(
@@ -72,3 +92,13 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
                      f"{skipped} bad examples (see {report}); pass skip_bad_examples=True to use "
                      "it, or delete it to prepare again")
   return builder
+
+
+def _stale_reason(recorded: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> str:
+  if recorded is None:
+    return "the prepared copy does not record which files it was prepared from"
+  if recorded.get("manual_dir") != wanted["manual_dir"]:
+    origin = recorded.get("manual_dir") or f"downloads {recorded.get('downloaded')}"
+    return f"it was prepared from {origin}, not from {wanted['manual_dir']}"
+  return (f"the files in {wanted['manual_dir']} changed since it was prepared "
+          f"({recorded.get('num_files')} -> {wanted['num_files']} files)")

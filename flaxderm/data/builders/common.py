@@ -3,7 +3,11 @@
 * Configs whose option fields are the builder kwargs; a config built from kwargs gets a name that
   spells them out, so two preparations with different options never share a directory.
 * Finding the official files under the manual directory (or downloading them when the dataset
-  has public URLs and none of its files are there).
+  has public URLs and no manual directory is given). A manual directory that does not exist, or
+  holds none of the official files, is an error before preparation starts.
+* The source record (``source.json`` next to the prepared data): the manual directory and a
+  fingerprint of the official files read (paths, sizes, mtimes) and of the builder config, so a
+  prepared copy is only reused for the files it was prepared from.
 * Reading and checking images and masks, and downscaling them (``max_size``).
 * Bad-example accounting: a bad example (missing or undecodable file, mask of the wrong size or
   not binary, unknown class, ...) stops preparation with a ValueError naming the file and the
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import inspect
 import io
 import json
@@ -31,11 +36,13 @@ import cv2
 from etils import epath
 import numpy as np
 from PIL import Image
+import simplejpeg
 import tensorflow_datasets as tfds
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "bad_examples.json"
+SOURCE_NAME = "source.json"
 # Problems quoted in an error message; the report lists all of them.
 _QUOTED_PROBLEMS = 5
 
@@ -163,6 +170,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def __init__(self, *, skip_bad_examples: bool = False, **kwargs):
     self.skip_bad_examples = skip_bad_examples
     self._bad: list[dict[str, str]] = []
+    self._source: dict[str, Any] = {}
     super().__init__(**kwargs)
 
   @classmethod
@@ -202,6 +210,55 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def has_mask(self) -> bool:
     return self.HAS_MASK
 
+  def official_files(self) -> dict[str, str | None]:
+    """The official folders/files read from the manual directory: name -> public URL (None when
+    the dataset is only distributed by hand). Empty for generated datasets."""
+    return {}
+
+  # --- Where the examples come from.
+
+  def find_official_files(self, manual_dir: str | os.PathLike) -> dict[str, Path | None]:
+    """name -> path of the ``official_files`` under ``manual_dir`` (searched a few levels deep).
+
+    Reads no image, so a wrong folder fails in seconds: ValueError when ``manual_dir`` does not
+    exist or holds none of the official files (naming them and how to get them).
+    """
+    root = Path(manual_dir).expanduser()
+    if not root.is_dir():
+      raise ValueError(f"{self.name}: manual_dir {root} does not exist (or is not a folder)")
+    wanted = self.official_files()
+    found = {name: find(root, name) for name in wanted}
+    if not any(found.values()):
+      raise ValueError(f"{self.name}: none of {sorted(wanted)} found under the manual directory "
+                       f"{root.resolve()} (nor in its subfolders, 3 levels down).\n"
+                       f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    return found
+
+  def source_record(self, manual_dir: str | os.PathLike, found: Mapping[str, Path | None]
+                    ) -> dict[str, Any]:
+    """The record of preparing from ``found`` (see ``SOURCE_NAME``): its ``fingerprint`` changes
+    when a file is added, removed, resized or touched, or the builder config changes."""
+    files = []
+    for name, path in sorted(found.items()):
+      if path is None:
+        continue
+      path = path.resolve()
+      members = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+      for member in members:
+        stat = member.stat()
+        files.append((str(member), stat.st_size, stat.st_mtime_ns))
+    identity = {"builder": self.name, "version": str(self.version),
+                "config": {k: str(v) for k, v in self.builder_config.options().items()},
+                "files": files}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return {"manual_dir": str(Path(manual_dir).resolve()), "num_files": len(files),
+            "fingerprint": digest}
+
+  def recorded_source(self) -> dict[str, Any] | None:
+    """The source record of the prepared copy (None: not prepared, or prepared before records)."""
+    path = Path(os.fspath(self.data_path)) / SOURCE_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
         "image": tfds.features.Image(shape=(None, None, 3), encoding_format=self.IMAGE_FORMAT),
@@ -225,7 +282,10 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # Written into the temporary data directory, so the report appears with the data or not at all.
     report = {"dataset": self.info.full_name, "skip_bad_examples": self.skip_bad_examples,
               "num_skipped": len(self._bad), "skipped": self._bad}
-    (Path(os.fspath(self.data_path)) / REPORT_NAME).write_text(json.dumps(report, indent=1))
+    data_path = Path(os.fspath(self.data_path))
+    (data_path / REPORT_NAME).write_text(json.dumps(report, indent=1))
+    if self._source:
+      (data_path / SOURCE_NAME).write_text(json.dumps(self._source, indent=1))
     if self._bad:
       log.warning("%s: skipped %d bad examples (listed in %s), e.g. %s", self.info.full_name,
                   len(self._bad), REPORT_NAME, _quote(self._bad))
@@ -301,25 +361,22 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         example["label"] = names.index(s.label)
       yield s.id, example
 
-  def _locate(self, dl_manager: tfds.download.DownloadManager,
-              wanted: Mapping[str, str | None]) -> dict[str, Path | None]:
-    """Paths of the official folders/files ``wanted`` (name -> public URL, or None).
-
-    They are searched for under the manual directory (a few levels deep, so the manual directory
-    may hold several datasets). When none is there and the dataset has public URLs, the archives
-    are downloaded and extracted by TFDS instead.
-    """
+  def _locate(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Path | None]:
+    """Paths of the ``official_files`` under the manual directory; with no manual directory and
+    public URLs, the archives are downloaded and extracted by TFDS instead."""
     root = manual_root(dl_manager)
-    found = {name: find(root, name) if root else None for name in wanted}
-    if any(found.values()):
+    wanted = self.official_files()
+    if root is not None:
+      found = self.find_official_files(root)
+      self._source = self.source_record(root, found)
       return found
     urls = {name: url for name, url in wanted.items() if url}
     if not urls:
-      raise ValueError(f"{self.name}: none of {sorted(wanted)} found under the manual directory "
-                       f"{root or '(none given: pass manual_dir)'}.\n"
+      raise ValueError(f"{self.name}: no manual_dir given; it must hold {sorted(wanted)}.\n"
                        f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    log.info("%s: no files under %s; downloading %s", self.name, root, sorted(urls.values()))
+    log.info("%s: no manual directory; downloading %s", self.name, sorted(urls.values()))
     fetched = dl_manager.download_and_extract(urls)
+    self._source = {"manual_dir": None, "downloaded": sorted(urls.values())}
     return {name: _in_download(Path(os.fspath(fetched[name])), name) if name in fetched else None
             for name in wanted}
 
@@ -401,19 +458,25 @@ def read_image(path: Path, *, max_size: int, encoding: str
 
   A JPEG that needs no resizing is stored as it is (no second lossy encoding); large JPEGs are
   decoded at a reduced scale directly (PIL draft mode), which is what keeps downscaling fast.
+  JPEGs are first decoded strictly (libjpeg warnings such as "Corrupt JPEG data" are errors):
+  PIL and OpenCV decode damaged entropy-coded data into garbage pixels without complaint.
   """
   try:
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as im:
       original = im.size
       stored = scaled_size(original, max_size)
+      strict = im.format == "JPEG" and im.mode in ("RGB", "L")  # modes libjpeg-turbo makes RGB
       if (encoding == "jpeg" and im.format == "JPEG" and im.mode == "RGB" and stored == original
           and im.getexif().get(_EXIF_ORIENTATION, 1) == 1):
         im.load()  # decodes everything: a truncated file fails here
+        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
         return data, original, stored
       if stored != original:
         im.draft("RGB", stored)
       rgb = np.asarray(im.convert("RGB"))
+      if strict:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
   # PIL reports broken files with many exception types (OSError, SyntaxError, struct.error, ...).
   except Exception as e:  # pylint: disable=broad-except
     raise BadExample(path, f"cannot decode image ({type(e).__name__}: {e})") from e

@@ -72,9 +72,13 @@ class Dermamnist(common.Builder, skip_registration=True):
   def class_names(self) -> tuple[str, ...]:
     return ham10000.DX_CLASSES
 
+  def official_files(self) -> dict[str, str | None]:
+    name = file_name(self.builder_config.size)
+    return {name: f"{_URL}{name}?download=1"}
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     name = file_name(self.builder_config.size)
-    path = self._locate(dl_manager, {name: f"{_URL}{name}?download=1"})[name]
+    path = self._locate(dl_manager)[name]
     if path is None:
       raise ValueError(f"{self.name}: {name} not found\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     return {split: self._generate_examples(split, arrays)

@@ -82,13 +82,16 @@ class Ham10000(common.Builder, skip_registration=True):
   def has_mask(self) -> bool:
     return self.builder_config.masks
 
+  def official_files(self) -> dict[str, str | None]:
+    return dict.fromkeys((METADATA, *IMAGE_FOLDERS, *((MASK_FOLDER,) if self.has_mask() else ())))
+
   def _sources(self, dl_manager: tfds.download.DownloadManager) -> dict[str, list[common.Source]]:
-    found = self._locate(dl_manager, dict.fromkeys((METADATA, MASK_FOLDER, *IMAGE_FOLDERS)))
+    found = self._locate(dl_manager)
     folders = [found[f] for f in IMAGE_FOLDERS if found[f]]
     if found[METADATA] is None or not folders:
       raise ValueError(f"{self.name}: need {METADATA} and at least one of {IMAGE_FOLDERS}\n"
                        f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    masks = found[MASK_FOLDER] if self.has_mask() else None
+    masks = found.get(MASK_FOLDER)
     if self.has_mask() and masks is None:
       raise ValueError(f"{self.name}: masks=True needs the {MASK_FOLDER} folder")
     images = {f.stem: f for folder in folders for f in folder.glob("*.jpg")}

@@ -76,12 +76,15 @@ class Isic2018Task3(common.Builder, skip_registration=True):
   def class_names(self) -> tuple[str, ...]:
     return ham10000.DX_CLASSES
 
-  def _sources(self, dl_manager: tfds.download.DownloadManager) -> dict[str, list[common.Source]]:
+  def official_files(self) -> dict[str, str | None]:
     wanted = {GROUPINGS: _URL + GROUPINGS}
     for part in _PARTS.values():
       wanted[_inputs(part)] = f"{_URL}{_inputs(part)}.zip"
       wanted[_ground_truth(part)] = f"{_URL}{_ground_truth(part)[:-4]}.zip"
-    found = self._locate(dl_manager, wanted)
+    return wanted
+
+  def _sources(self, dl_manager: tfds.download.DownloadManager) -> dict[str, list[common.Source]]:
+    found = self._locate(dl_manager)
     groups = {}
     if found[GROUPINGS]:
       groups = {r["image"]: r["lesion_id"]

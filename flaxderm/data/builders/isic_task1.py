@@ -48,11 +48,11 @@ class IsicSegmentation(common.Builder, skip_registration=True):
     if cls.PARTS:
       cls.MANUAL_DOWNLOAD_INSTRUCTIONS = cls.instructions()
 
+  def official_files(self) -> dict[str, str | None]:
+    return {folder: f"{self.URL}{folder}.zip" for p in self.PARTS for folder in (p.images, p.masks)}
+
   def _sources(self, dl_manager: tfds.download.DownloadManager) -> dict[str, list[common.Source]]:
-    wanted = {}
-    for p in self.PARTS:
-      wanted.update({p.images: f"{self.URL}{p.images}.zip", p.masks: f"{self.URL}{p.masks}.zip"})
-    found = self._locate(dl_manager, wanted)
+    found = self._locate(dl_manager)
     splits = {}
     for p in self.PARTS:
       images, masks = found[p.images], found[p.masks]

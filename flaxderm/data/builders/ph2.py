@@ -74,8 +74,11 @@ class Ph2(common.Builder, skip_registration=True):
   def class_names(self) -> tuple[str, ...]:
     return CLASS_NAMES
 
+  def official_files(self) -> dict[str, str | None]:
+    return {IMAGES: None, SHEET: None}
+
   def _sources(self, dl_manager: tfds.download.DownloadManager) -> dict[str, list[common.Source]]:
-    found = self._locate(dl_manager, {IMAGES: None, SHEET: None})
+    found = self._locate(dl_manager)
     images, sheet = found[IMAGES], found[SHEET]
     if images is None or sheet is None:
       raise ValueError(f"{self.name}: need both '{IMAGES}' and {SHEET}\n"

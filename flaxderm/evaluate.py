@@ -16,6 +16,7 @@ prints the metrics as one JSON line, last.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -36,6 +37,7 @@ from flaxderm.train import config as config_lib
 from flaxderm.train import parallel as parallel_lib
 from flaxderm.train import setup
 from flaxderm.train import step as step_lib
+from flaxderm.train.lock import RunLock
 from flaxderm.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -154,8 +156,22 @@ def _scoring_data(cfg: ml_collections.ConfigDict, manual_dir: str | None, scratc
 def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
                  params: str | None = None, use_ema: bool | None = None,
                  tta: str | None = None, batch_size: int | None = None) -> dict[str, float]:
-  """Scores a training run's final parameters; see the module docstring. Returns the metrics."""
+  """Scores a training run's final parameters; see the module docstring. Returns the metrics.
+
+  Holds the run directory (``RunLock``) throughout: scoring a run that a live process is still
+  training fails at once, naming that process, rather than after the scoring.
+  """
   workdir = Path(workdir).resolve()
+  if not (workdir / "config.json").is_file():
+    raise ValueError(f"{workdir} is not a training run directory (no config.json)")
+  with RunLock(workdir, "evaluation") if jax.process_index() == 0 else contextlib.nullcontext():
+    return _evaluate_run(workdir, manual_dir=manual_dir, params=params, use_ema=use_ema, tta=tta,
+                         batch_size=batch_size)
+
+
+def _evaluate_run(workdir: Path, *, manual_dir: str | None, params: str | None,
+                  use_ema: bool | None, tta: str | None, batch_size: int | None
+                  ) -> dict[str, float]:
   cfg = config_lib.load_config(workdir / "config.json")
   if tta is not None:
     if tta not in config_lib.TTA_MODES:

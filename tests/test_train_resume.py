@@ -107,3 +107,46 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
   for key, value in reference.items():
     np.testing.assert_allclose(other[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
   assert resumed["validation"] == pytest.approx(uninterrupted["validation"], rel=1e-5)
+
+
+def _tiny_config(tmp_path: Path):
+  (tmp_path / "tiny_resume_config.py").write_text(CONFIG)
+  sys.path.insert(0, str(tmp_path))
+  try:
+    import tiny_resume_config  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(tmp_path))
+  return tiny_resume_config.tiny_config(str(tmp_path / "tfds"))
+
+
+def test_sigkill_during_the_first_checkpoint_write_then_resume_starts_cleanly(tmp_path):
+  cfg = _tiny_config(tmp_path)
+  pipeline.dataset_info(cfg.data)
+  workdir = tmp_path / "run"
+  script = tmp_path / "die_while_saving.py"
+  # The process kills itself while orbax is still writing its first checkpoint (in the
+  # background thread that save() starts), leaving only a temporary checkpoint folder.
+  script.write_text(CONFIG + textwrap.dedent(f"""
+      import os, signal
+      import orbax.checkpoint as ocp
+      from flaxderm.train import loop
+      original = ocp.CheckpointManager.save
+      def save_then_die(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+      ocp.CheckpointManager.save = save_then_die
+      loop.train(tiny_config({str(tmp_path / "tfds")!r}), {str(workdir)!r})
+  """))
+  process = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+  assert process.returncode == -signal.SIGKILL, process.stdout[-3000:] + process.stderr[-3000:]
+  assert (workdir / ".lock").read_text().strip(), "the killed run left its lock record"
+  assert not _steps_saved(workdir), "no checkpoint was finalised"
+  leftovers = [p.name for p in (workdir / "checkpoints").iterdir()]
+  assert any("tmp" in name for name in leftovers), leftovers  # the half-written checkpoint
+
+  resumed = loop.train(cfg, workdir, resume=True)
+  assert resumed["step"] == NUM_STEPS
+  assert _steps_saved(workdir)[-1] == NUM_STEPS
+  assert not (workdir / ".lock").read_text().strip()

@@ -7,6 +7,7 @@ Run directory (``workdir``)::
 
     config.json        the full config of the run (``launch.py evaluate`` reads it)
     run_info.json      task, classes and model outputs found from the data
+    .lock              held while a process trains or evaluates here (see train/lock.py)
     metrics.jsonl      one JSON object per log/eval event; tensorboard/ the same as event files
     checkpoints/       the latest N resumable checkpoints; best/ the best validation weights
     predictions.png    validation image | truth | prediction overlays (segmentation)
@@ -44,6 +45,7 @@ from flaxderm.train import parallel as parallel_lib
 from flaxderm.train import setup
 from flaxderm.train import step as step_lib
 from flaxderm.train import visualize
+from flaxderm.train.lock import RunLock
 from flaxderm.train.state import TrainState, create_train_state
 
 log = logging.getLogger(__name__)
@@ -132,14 +134,22 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool =
   """Trains ``cfg`` into ``workdir``; returns the final summary (also in ``results.json``) and,
   under "state", the final ``TrainState`` (holding the scored parameters: last or best).
 
-  Raises ValueError for a bad config or a missing dataset, NonFiniteLossError when the loss
-  diverges, and KeyboardInterrupt after saving when interrupted.
+  Raises ValueError for a bad config or a missing dataset (RunDirectoryBusyError when another
+  process uses ``workdir``), NonFiniteLossError when the loss diverges, and KeyboardInterrupt
+  after saving when interrupted.
   """
   cfg = ml_collections.ConfigDict(cfg.to_dict())  # never modify the caller's config
   config_lib.validate_config(cfg)
   workdir = Path(workdir).resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
+  # Every process of a multi-host run shares the directory; process 0 holds it for all of them.
+  with RunLock(workdir, "training") if is_main else contextlib.nullcontext():
+    return _train(cfg, workdir, is_main=is_main, resume=resume)
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: Path, *, is_main: bool, resume: bool
+           ) -> dict[str, Any]:
+  workdir.mkdir(parents=True, exist_ok=True)
 
   # ---------------------------------------------------------------------------- mesh and inputs
   par = parallel_lib.DataParallel(cfg.parallel)

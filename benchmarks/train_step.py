@@ -16,6 +16,11 @@ same math, counted once (PyTorch has no compiled cost analysis to read).
   python benchmarks/train_step.py --quick --no-append
   python benchmarks/train_step.py --models unet,resnet50 --batch-sizes 4,16 --steps 5
   python benchmarks/train_step.py --device gpu      # bfloat16 compute on a GPU
+  python benchmarks/train_step.py --no-bf16         # without the bfloat16-compute column
+
+On the CPU the main columns are float32 compute and a "bf16 ms/step" column times the same step
+with bfloat16 compute (``config.compute_dtype="bfloat16"``: float32 params, BatchNorm statistics,
+loss and optimizer), with its speed relative to float32; on a GPU the main columns are bf16 already.
   python benchmarks/train_step.py --models unet --xla-defaults --no-append
 """
 
@@ -313,6 +318,8 @@ def parse_args(argv=None):
   p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                  help="gpu: bfloat16 compute (float32 params) on a GPU; errors if none")
   p.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
+  p.add_argument("--no-bf16", action="store_true",
+                 help="CPU: skip the bfloat16-compute column (it compiles every step twice)")
   p.add_argument("--no-append", action="store_true", help=f"do not append to {RESULTS.name}")
   p.add_argument("--matmul-n", type=int, default=2048, help="size of the ceiling matmul")
   p.add_argument("--xla-defaults", action="store_true",
@@ -366,10 +373,12 @@ def main(argv=None):
   print(f"ceiling ({args.matmul_n}^2 matmul): " + ", ".join(
       f"{k} {v:.1f} GFLOP/s" for k, v in ceiling.items()), flush=True)
 
+  bf16_column = not use_gpu and not args.no_bf16
   header = ("| model | px | batch | flaxderm img/s | ms/step (min-max) | GFLOP/step | GFLOP/s | "
-            "% of JAX matmul | XLA peak MiB | compile s | PyTorch img/s | ms/step (min-max) | "
-            "PyTorch GFLOP/s | flaxderm/PyTorch | largest batch |")
-  rows = [header, "|" + "---|" * 3 + "---:|" * 12]
+            "% of JAX matmul | XLA peak MiB | compile s | bf16 ms/step (f32/bf16) | "
+            "PyTorch img/s | ms/step (min-max) | PyTorch GFLOP/s | flaxderm/PyTorch | "
+            "largest batch |")
+  rows = [header, "|" + "---|" * 3 + "---:|" * 13]
   notes = []
   print(header, flush=True)
   for name in args.models:
@@ -383,6 +392,11 @@ def main(argv=None):
                f"{1e3 * f['step_s']:.0f} ({1e3 * f['min_s']:.0f}-{1e3 * f['max_s']:.0f})",
                f"{f['flops'] / 1e9:.1f}", f"{gflops:.1f}", f"{100 * gflops / ceiling['jax']:.0f}%",
                f"{f['peak_bytes'] / 2 ** 20:.0f}", f"{f['compile_s']:.0f}"]
+      if bf16_column:
+        b = bench_flax(spec, batch, args.warmup, args.steps, jnp.bfloat16, options)
+        cells.append(f"{1e3 * b['step_s']:.0f} ({f['step_s'] / b['step_s']:.2f}x)")
+      else:
+        cells.append("-")
       t, why = None, "PyTorch absent or --no-torch" if torch is None else spec.torch_note
       if torch is not None and spec.torch_builder is not None:
         try:
@@ -412,7 +426,9 @@ def main(argv=None):
       f"- machine: {machine(use_gpu)}; 1-min load average {load_start[0]:.2f} at start, "
       f"{load_end[0]:.2f} at end (other jobs share the cores)",
       f"- versions: {environment.versions(PACKAGES)}",
-      f"- compute: {'bfloat16 on GPU' if use_gpu else 'float32 on CPU'}; JAX on all cores, "
+      f"- compute: {'bfloat16 on GPU' if use_gpu else 'float32 on CPU'}"
+      f"{' (bf16 column: the same step with bfloat16 compute)' if bf16_column else ''}; "
+      "JAX on all cores, "
       f"PyTorch torch.set_num_threads({os.cpu_count()})",
       f"- step: forward + loss (sigmoid BCE for segmentation, softmax CE over 1000 classes for "
       f"classifiers) + backward + Adam, BatchNorm in train mode; jitted with the state donated; "

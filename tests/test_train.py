@@ -194,6 +194,55 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
 
 
+CLASSIFICATION = setup.RunInfo("classification", ("a", "b", "c"), 3)
+
+
+def _train_losses(cfg, info, batches, num_steps):
+  model = setup.make_model(cfg, info)
+  task = setup.make_task(cfg, info)
+  variables, _ = setup.init_variables(model, cfg)
+  tx = optim.make_optimizer(cfg.optimizer, variables["params"])
+  state = create_train_state(variables, tx, seed=cfg.seed, ema=False)
+  step = jax.jit(step_lib.make_train_step(model, tx, task, cfg))
+  losses_seen = []
+  for i in range(num_steps):
+    state, metrics = step(state, batches[i % len(batches)], jnp.float32(i / num_steps))
+    losses_seen.append(float(metrics["loss"]))
+  return state, np.array(losses_seen)
+
+
+@pytest.mark.parametrize("kind", ["unet", "resnet"])
+def test_bfloat16_training_follows_float32(kind):
+  """bf16 compute trains like f32: params, BatchNorm statistics and the loss stay float32."""
+  rng = np.random.default_rng(0)
+  if kind == "unet":
+    info, overrides = SEGMENTATION, {}
+    batches = [random_batch(4, size=32, seed=i) for i in range(3)]
+  else:
+    info = CLASSIFICATION
+    overrides = {"model.name": "resnet18", "data.task": "classification",
+                 "loss.name": "cross_entropy"}
+    batches = [{"image": rng.normal(size=(4, 32, 32, 3)).astype(np.float32),
+                "label": rng.integers(0, 3, 4).astype(np.int32),
+                "valid": np.ones(4, np.float32)} for _ in range(3)]
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    cfg = tiny_config(compute_dtype=dtype, **{"optimizer.name": "adam", "optimizer.lr": 1e-2},
+                      **overrides)
+    if kind == "resnet":
+      cfg.model.kwargs = {"depths": (1, 1, 1, 1)}
+    results[dtype] = _train_losses(cfg, info, batches, num_steps=36)
+  (state32, loss32), (state16, loss16) = results["float32"], results["bfloat16"]
+  for state in (state32, state16):
+    assert {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats,
+                                              state.opt_state))} <= {jnp.dtype(jnp.float32),
+                                                                     jnp.dtype(jnp.int32)}
+  assert loss16.dtype == np.float64 and np.isfinite(loss16).all()
+  end32, end16 = loss32[-6:].mean(), loss16[-6:].mean()
+  assert end32 < 0.85 * loss32[:3].mean()  # it learns, so the comparison means something
+  assert end16 == pytest.approx(end32, rel=0.1, abs=0.02), (loss32, loss16)
+
+
 def test_learning_rate_follows_progress():
   state, step = build(tiny_config(**{"schedule.name": "cosine"}))
   _, at_start = step(state, random_batch(4), jnp.float32(0.0))

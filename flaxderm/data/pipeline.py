@@ -127,7 +127,10 @@ class TfdsSource:
         builder_kwargs=dict(data_cfg["builder_kwargs"]) or None,
         skip_bad_examples=data_cfg["skip_bad_examples"])
     features = self.builder.info.features
-    self.key = f"tfds:{self.builder.info.full_name}@{self.builder.data_dir}"
+    # The source fingerprint: a copy prepared again from other files is other data to the caches.
+    recorded = self.builder.recorded_source() or {}
+    self.key = (f"tfds:{self.builder.info.full_name}@{self.builder.data_dir}"
+                f"#{recorded.get('fingerprint', '')}")
     self.has_mask = "mask" in features
     self.class_names = tuple(features["label"].names) if "label" in features else None
     self._decoders = {k: tfds.decode.SkipDecoding() for k in ("image", "mask") if k in features}

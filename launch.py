@@ -6,6 +6,9 @@
     python launch.py --list                           # experiments, one line each
     python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
         [--ema | --no-ema] [--tta none|hflip|flips]
+    python launch.py predict --workdir RUN --out DIR INPUT... [--params ...] [--ema | --no-ema]
+        [--tta ...] [--batch-size N] [--largest-component] [--fill-holes] [--save-probabilities]
+        [--overwrite]                                 # see flaxderm/predict.py
 
 EXPERIMENT names a file ``experiments/EXPERIMENT.py`` whose ``get_config(arg)`` returns the config
 (``:runlocal`` passes "runlocal": a seconds-long smoke run of the same experiment). Multi-host:
@@ -122,7 +125,74 @@ def _train(args, overrides: list[str]) -> None:
           f"({results['params']} params, step {results['params_step']})", flush=True)
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+  """The options every run-level tool shares: which run and which of its parameters."""
+  parser.add_argument("--workdir", required=True, help="the training run (or CV run) directory")
+  parser.add_argument("--params", choices=("last", "best"),
+                      help="which parameters (default: the run's config.final_params)")
+  parser.add_argument("--ema", action=argparse.BooleanOptionalAction,
+                      help="use the EMA of the parameters, or not (default: config.use_ema)")
+  parser.add_argument("--tta", help="test-time augmentation, none|hflip|flips (default: the "
+                      "run's config.eval.tta)")
+
+
+def _predict_parser() -> argparse.ArgumentParser:
+  from flaxderm import predict  # pylint: disable=g-import-not-at-top
+
+  parser = argparse.ArgumentParser(prog="launch.py predict", description=predict.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  _add_run_options(parser)
+  parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs")
+  parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+  parser.add_argument("--largest-component", action="store_true",
+                      help="segmentation: keep the largest connected lesion region")
+  parser.add_argument("--fill-holes", action="store_true", help="segmentation: fill mask holes")
+  parser.add_argument("--save-probabilities", action="store_true",
+                      help="segmentation: also write <id>_probability.png (16-bit)")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  return parser
+
+
+def _run_tool(name: str, argv: list[str]) -> int:
+  """``launch.py predict ...``: a tool applied to a trained run."""
+  _quiet_logging()
+  _hide_gpus_from_tensorflow()
+  if name == "predict":
+    args = _predict_parser().parse_args(argv)
+    from flaxderm import predict  # pylint: disable=g-import-not-at-top
+
+    summary = predict.predict_files(
+        args.workdir, args.inputs, args.out, params=args.params, use_ema=args.ema, tta=args.tta,
+        batch_size=args.batch_size, overwrite=args.overwrite,
+        largest_component=args.largest_component, fill_holes=args.fill_holes,
+        save_probabilities=args.save_probabilities, progress=not args.no_progress)
+    print(f"{summary['predicted']} images predicted into {summary['out']} "
+          f"({summary['skipped']} skipped) in {summary['seconds']:.1f} s: "
+          f"{summary['images_per_s']:.2f} images/s including decoding", flush=True)
+  return 0
+
+
+def _quiet_logging() -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  # TensorFlow (under TFDS) only reads files: quiet, and away from the GPUs JAX uses.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+RUN_TOOLS = ("predict",)
+
+
 def main(argv: list[str]) -> int:
+  if argv and argv[0] in RUN_TOOLS:
+    try:
+      return _run_tool(argv[0], argv[1:])
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
   args, rest = _parser().parse_known_args(argv)
   overrides = [a for a in rest if a.startswith("--config.")]
   unknown = [a for a in rest if not a.startswith("--config.")]
@@ -134,18 +204,13 @@ def main(argv: list[str]) -> int:
     for name in experiment_names():
       print(f"{name:32s} {summary(load_experiment(name))}")
     return 0
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  _quiet_logging()
   try:
     if args.experiment != "evaluate":  # a bad name or key fails before the slow imports
       experiment_config(args.experiment, overrides)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  # TensorFlow (under TFDS) only reads files: quiet, and away from the GPUs JAX uses.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   _hide_gpus_from_tensorflow()
   from flaxderm.train import loop  # pylint: disable=g-import-not-at-top
   from flaxderm.train import parallel  # pylint: disable=g-import-not-at-top

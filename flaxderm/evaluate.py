@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,81 +31,16 @@ import ml_collections
 import numpy as np
 
 from flaxderm import metrics as metrics_lib
+from flaxderm import run as run_lib
 from flaxderm.data import pipeline
-from flaxderm.train import checkpoint as checkpoint_lib
 from flaxderm.train import config as config_lib
 from flaxderm.train import parallel as parallel_lib
+from flaxderm.train import scoring
 from flaxderm.train import setup
 from flaxderm.train import step as step_lib
 from flaxderm.train.lock import RunLock
-from flaxderm.train.state import TrainState
 
 log = logging.getLogger(__name__)
-
-Batch = Mapping[str, np.ndarray]
-# Per-case columns of a segmentation result table: the per-image reductions of one image.
-SEGMENTATION_COLUMNS = ("dice/per_image", "jaccard/per_image", "jaccard/isic_thresholded",
-                        "sensitivity/per_image", "specificity/per_image",
-                        "pixel_accuracy/per_image")
-
-
-def eval_batches(data_cfg: ml_collections.ConfigDict, split: str | None, batch_size: int
-                 ) -> Iterable[dict[str, np.ndarray]]:
-  """This process's padded evaluation batches of ``split`` (default ``data_cfg.eval_split``)."""
-  return pipeline.make_eval_iterator(data_cfg, split, global_batch_size=batch_size,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
-
-
-def evaluate_stats(eval_step: Callable, state: TrainState, batches: Iterable[Batch],
-                   par: parallel_lib.DataParallel) -> dict[str, np.ndarray]:
-  """Summed metric statistics of a compiled ``eval_step`` over ``batches`` (host accumulation,
-  64-bit, so large sets cannot overflow pixel counts)."""
-  total = None
-  for batch in batches:
-    batch = {k: v for k, v in batch.items() if k != "id"}
-    total = metrics_lib.merge(total, par.fetch(eval_step(state, par.shard_batch(batch))))
-  if total is None:
-    raise ValueError("evaluation split is empty")
-  return total
-
-
-def evaluate_cases(case_step: Callable, state: TrainState, batches: Iterable[Batch],
-                   par: parallel_lib.DataParallel, task: step_lib.Task
-                   ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-  """(one row per real example, summed stats) of a compiled ``case_step`` over ``batches``."""
-  rows, total = [], None
-  for batch in batches:
-    ids = par.gather(np.asarray(batch.pop("id")))
-    out = par.gather(case_step(state, par.shard_batch(batch)))
-    valid = par.gather(np.asarray(batch["valid"])) > 0
-    labels = par.gather(np.asarray(batch[task.label_key]))
-    total = metrics_lib.merge(total, step_lib.sum_stats(out["stats"]))
-    for i in np.flatnonzero(valid):
-      one = {k: v[i] for k, v in out["stats"].items()}
-      probs = out["probs"][i] if "probs" in out else None
-      rows.append(_case_row(task, str(ids[i]), one, labels[i], probs))
-  if total is None:
-    raise ValueError("evaluation split is empty")
-  return rows, total
-
-
-def _case_row(task: step_lib.Task, case_id: str, stats: Mapping[str, np.ndarray], label: Any,
-              probs: np.ndarray | None) -> dict[str, Any]:
-  row: dict[str, Any] = {"id": case_id}
-  if task.kind == "segmentation":
-    summary = task.summarize(stats)
-    row.update({k: summary[k] for k in SEGMENTATION_COLUMNS})
-    row["lesion_pixels"] = int(np.asarray(stats["tp"])[1] + np.asarray(stats["fn"])[1])
-    return row
-  names = task.class_names
-  if probs.shape[-1] == 1:  # sigmoid output of a binary classifier
-    probs = np.concatenate([1 - probs, probs])
-  row["label"] = names[int(label)]
-  row["prediction"] = names[int(np.argmax(probs))]
-  row.update({f"prob/{n}": float(p) for n, p in zip(names, probs)})
-  return row
-
 
 def _auc(rows: list[dict[str, Any]], class_names: tuple[str, ...]) -> dict[str, float]:
   """ROC AUC (macro one-vs-rest) of the per-case probabilities: a threshold-free score beside
@@ -162,8 +97,8 @@ def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
   training fails at once, naming that process, rather than after the scoring.
   """
   workdir = Path(workdir).resolve()
-  if not (workdir / "config.json").is_file():
-    raise ValueError(f"{workdir} is not a training run directory (no config.json)")
+  if not (workdir / run_lib.CONFIG).is_file():
+    raise ValueError(f"{workdir} is not a training run directory (no {run_lib.CONFIG})")
   with RunLock(workdir, "evaluation") if jax.process_index() == 0 else contextlib.nullcontext():
     return _evaluate_run(workdir, manual_dir=manual_dir, params=params, use_ema=use_ema, tta=tta,
                          batch_size=batch_size)
@@ -172,37 +107,20 @@ def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
 def _evaluate_run(workdir: Path, *, manual_dir: str | None, params: str | None,
                   use_ema: bool | None, tta: str | None, batch_size: int | None
                   ) -> dict[str, float]:
-  cfg = config_lib.load_config(workdir / "config.json")
-  if tta is not None:
-    if tta not in config_lib.TTA_MODES:
-      raise ValueError(f"--tta must be one of {config_lib.TTA_MODES}, got {tta!r}")
-    cfg.eval.tta = tta
+  cfg = run_lib.run_config(workdir, tta=tta)
   info = setup.RunInfo.load(workdir)
-  which = params or cfg.final_params
-  if which not in config_lib.FINAL_PARAMS:
-    raise ValueError(f"--params must be one of {config_lib.FINAL_PARAMS}, got {which!r}")
-  use_ema = cfg.use_ema if use_ema is None else use_ema
-  if use_ema and cfg.optimizer.ema_decay == 0.0:
-    raise ValueError(f"--ema: the run in {workdir} kept no EMA (its optimizer.ema_decay is 0)")
   par = parallel_lib.DataParallel("auto")
   batch_size = batch_size or cfg.eval.batch_size
   par.check_batch_size(batch_size, "eval.batch_size")
   task = setup.make_task(cfg, info)
-  model = setup.make_model(cfg, info)
-  size = cfg.data.image_size
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               np.zeros((1, size, size, 3), np.float32)))
-  target = setup.weights_of(abstract, cfg.optimizer.ema_decay > 0)
-  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  weights, step = checkpoints.restore_weights(which, target, par.replicated)
-  state = TrainState(step=None, params=weights["params"], batch_stats=weights["batch_stats"],
-                     opt_state=None, rng=None, ema_params=weights["ema_params"])
+  model, state, step, which, use_ema = run_lib.restore_state(workdir, cfg, info, params, use_ema,
+                                                             par)
   case_step = par.compile_case_step(step_lib.make_case_step(model, task, cfg, use_ema=use_ema))
   with tempfile.TemporaryDirectory(prefix="flaxderm-eval-") as scratch:
     data_cfg, split = _scoring_data(cfg, manual_dir, scratch if manual_dir else None)
     with jax.set_mesh(par.mesh):
-      rows, stats = evaluate_cases(case_step, state, eval_batches(data_cfg, split, batch_size),
-                                   par, task)
+      rows, stats = scoring.evaluate_cases(
+          case_step, state, scoring.eval_batches(data_cfg, split, batch_size), par, task)
   metrics = task.summarize(stats)
   if task.kind == "classification":
     metrics.update(_auc(rows, task.class_names))

@@ -225,6 +225,32 @@ def _prepare_key(cfg: Mapping[str, Any]) -> str:
   return json.dumps({k: _plain(cfg[k]) for k in keys}, sort_keys=True, default=list)
 
 
+def prepare_pair(image: np.ndarray, mask: np.ndarray | None, cfg: Mapping[str, Any]
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+  """The deterministic geometry and pixel steps of every example (training, evaluation and
+  prediction): ``data.preprocess`` (black frame, hair), then ``resize`` to ``image_size``."""
+  image, mask = preprocess_lib.preprocess(image, mask, _plain(cfg["preprocess"]))
+  return preprocess_lib.resize(image, mask, cfg["image_size"], mode=cfg["resize"],
+                               crop_fraction=cfg["crop_fraction"])
+
+
+def model_input(image: np.ndarray, data_cfg: Mapping[str, Any]
+                ) -> tuple[np.ndarray, preprocess_lib.InputWindow]:
+  """(normalised float32 model input, where it lies in the image) of one uint8 RGB image,
+  prepared exactly as evaluation batches are. ``normalization="dataset"`` needs ``data.mean`` and
+  ``data.std`` set (a training run records them in its config.json)."""
+  cfg = _checked(data_cfg)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"expected a uint8 RGB image of shape (H, W, 3), got {image.dtype} "
+                     f"{image.shape}")
+  height, width = image.shape[:2]
+  coordinates = np.arange(1, height * width + 1, dtype=np.int32).reshape(height, width)
+  prepared, shown = prepare_pair(image, coordinates, cfg)
+  stats = preprocess_lib.normalization_stats(cfg["normalization"], cfg["mean"], cfg["std"])
+  return (preprocess_lib.normalize(prepared, stats),
+          preprocess_lib.InputWindow.from_coordinates(shown, (height, width)))
+
+
 class PreparedSplit(Sequence):
   """Random access to the prepared records ``indices`` of one official split.
 
@@ -241,9 +267,8 @@ class PreparedSplit(Sequence):
     self.indices = np.asarray(indices, np.int64)
     self._has_mask = source.has_mask
     self._has_label = source.class_names is not None
-    self._preprocess = _plain(cfg["preprocess"])
-    self._size = cfg["image_size"]
-    self._resize = dict(mode=cfg["resize"], crop_fraction=cfg["crop_fraction"])
+    self._cfg = {k: _plain(cfg[k]) for k in ("preprocess", "image_size", "resize",
+                                              "crop_fraction")}
     self._cache = (_CACHES.setdefault((source.key, _prepare_key(cfg)), {})
                    if cfg["cache"] else None)
 
@@ -277,8 +302,7 @@ class PreparedSplit(Sequence):
       if mask.shape != image.shape[:2]:
         raise ValueError(f"example {_text(record['id'])!r}: mask {mask.shape} does not match "
                          f"image {image.shape[:2]}")
-    image, mask = preprocess_lib.preprocess(image, mask, self._preprocess)
-    image, mask = preprocess_lib.resize(image, mask, self._size, **self._resize)
+    image, mask = prepare_pair(image, mask, self._cfg)
     prepared = {"image": image, "id": _text(record["id"])}
     if mask is not None:
       prepared["mask"] = mask

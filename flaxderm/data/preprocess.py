@@ -10,6 +10,7 @@ it stays aligned with the image; functions that only change colours take the ima
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -309,6 +310,53 @@ def resize(image: np.ndarray, mask: np.ndarray | None, size: int, *, mode: str =
   elif mode != "stretch":
     raise ValueError(f"data.resize: unknown mode {mode!r}; expected one of {RESIZE_MODES}")
   return resize_pair(image, mask, (size, size))
+
+
+def _fit_axis(positions: np.ndarray, sources: np.ndarray, count: int) -> tuple[int, int]:
+  """(start, length) in the original image of a model axis of ``count`` pixels, from the original
+  pixel (``sources``) that model pixels ``positions`` show: a least-squares line through pixel
+  centres, so nearest-neighbour sampling offsets average out."""
+  if positions.size == 1:
+    return int(sources[0]) - int(positions[0]), count
+  scale, offset = np.polyfit(positions + 0.5, sources + 0.5, 1)
+  return int(round(offset)), max(1, int(round(scale * count)))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputWindow:
+  """Where a model input lies in its original image: the whole ``size`` x ``size`` input covers
+  the original box ``top, left, height, width``, which extends past the image where the input
+  was letterboxed (``resize="pad"``) and lies inside it where it was cropped."""
+
+  image_shape: tuple[int, int]
+  box: tuple[int, int, int, int]
+
+  @classmethod
+  def from_coordinates(cls, coordinates: np.ndarray, image_shape: tuple[int, int]
+                       ) -> "InputWindow":
+    """From the model-sized map of ``1 + row * width + col`` of the original pixel each model
+    pixel shows (0: padding), as the mask path of ``preprocess`` and ``resize`` produces it."""
+    rows, cols = np.nonzero(coordinates > 0)
+    if rows.size == 0:
+      raise ValueError("the model input shows no pixel of the image")
+    source = coordinates[rows, cols].astype(np.int64) - 1
+    width = image_shape[1]
+    top, height = _fit_axis(rows, source // width, coordinates.shape[0])
+    left, box_width = _fit_axis(cols, source % width, coordinates.shape[1])
+    return cls(tuple(image_shape), (top, left, height, box_width))
+
+  def paste(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """A model-sized float map (e.g. lesion probabilities) at the original image size: resized
+    (bilinear) onto the box, ``fill`` where the model saw nothing (cropped away)."""
+    top, left, height, width = self.box
+    on_box = cv2.resize(np.ascontiguousarray(values, np.float32), (width, height),
+                        interpolation=cv2.INTER_LINEAR)
+    out = np.full(self.image_shape, fill, np.float32)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + height, self.image_shape[0]), min(left + width, self.image_shape[1])
+    if y1 > y0 and x1 > x0:
+      out[y0:y1, x0:x1] = on_box[y0 - top:y1 - top, x0 - left:x1 - left]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from flaxderm import evaluate as evaluate_lib
 from flaxderm import metrics as metrics_lib
 from flaxderm.data import pipeline
 from flaxderm.train import checkpoint as checkpoint_lib
@@ -42,6 +41,7 @@ from flaxderm.train import config as config_lib
 from flaxderm.train import logs
 from flaxderm.train import optim
 from flaxderm.train import parallel as parallel_lib
+from flaxderm.train import scoring
 from flaxderm.train import setup
 from flaxderm.train import step as step_lib
 from flaxderm.train import visualize
@@ -158,6 +158,9 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, *, is_main: bool, resu
   info = setup.run_info(cfg)
   model = setup.make_model(cfg, info)
   variables, labels = setup.init_variables(model, cfg)  # may set the data normalisation
+  if cfg.data.normalization == "dataset" and not (cfg.data.mean and cfg.data.std):
+    # Recorded in config.json: prediction and export prepare images without the training data.
+    cfg.data.mean, cfg.data.std = pipeline.dataset_statistics(cfg.data)
   task = setup.make_task(cfg, info, loss_options=setup.count_loss_options(cfg, info))
   eval_data = setup.eval_data_config(cfg)
   validating = config_lib.has_validation(cfg)  # False: trains on all, scored by launch.py evaluate
@@ -207,8 +210,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, *, is_main: bool, resu
                                budget_s=cfg.budget_s, enabled=cfg.progress_bar)
 
   def evaluate(state_now: TrainState) -> dict[str, float]:
-    batches_now = evaluate_lib.eval_batches(eval_data, None, cfg.eval.batch_size)
-    return task.summarize(evaluate_lib.evaluate_stats(eval_step, state_now, batches_now, par))
+    batches_now = scoring.eval_batches(eval_data, None, cfg.eval.batch_size)
+    return task.summarize(scoring.evaluate_stats(eval_step, state_now, batches_now, par))
 
   def save(state_now: TrainState) -> None:
     checkpoints.save(state_now, batches, {**meta, "elapsed_s": elapsed})
@@ -332,7 +335,7 @@ def _save_predictions(path: Path, model, state: TrainState, eval_data, cfg, par
                       ) -> Path | None:
   """The first validation images with their true and predicted masks, as a PNG grid."""
   predict = par.compile_case_step(step_lib.make_predict_step(model, cfg, use_ema=cfg.use_ema))
-  batch = next(iter(evaluate_lib.eval_batches(eval_data, None, cfg.eval.batch_size)))
+  batch = next(iter(scoring.eval_batches(eval_data, None, cfg.eval.batch_size)))
   logits = par.gather(predict(state, par.shard_batch({"image": batch["image"]})["image"]))
   images = par.gather(np.asarray(batch["image"]))
   truths = par.gather(np.asarray(batch["mask"]))

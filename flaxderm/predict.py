@@ -1,0 +1,211 @@
+"""Applying a trained run to new images (``flaxderm.run.Run`` in a loop over files)::
+
+    python launch.py predict --workdir RUN --out DIR INPUT... [--params last|best]
+        [--ema | --no-ema] [--tta none|hflip|flips] [--batch-size N] [--overwrite]
+        [--largest-component] [--fill-holes] [--save-probabilities]
+
+INPUT: image files (JPEG, PNG, BMP; any size), folders (their images, not recursing) or glob
+patterns. Outputs in DIR, per image id (the file name without its extension):
+
+* segmentation runs: ``<id>_segmentation.png`` (ISIC 2018 Task 1 layout: single channel, 0/255,
+  at the image's original size), ``<id>_overlay.jpg`` (the outline and a tint of the mask on the
+  image) and, with ``--save-probabilities``, ``<id>_probability.png`` (16-bit, 65535 = 1).
+  ``--largest-component`` keeps the largest connected lesion region, ``--fill-holes`` fills holes
+  inside it (OpenCV / SciPy).
+* classification runs: ``predictions.csv`` (``image`` then one probability column per class,
+  rows summing to 1; the seven ISIC 2018 Task 3 diagnoses are written as its submission header
+  ``MEL,NV,BCC,AKIEC,BKL,DF,VASC``) and ``labels.csv`` (``image,label``: the most probable class).
+
+An input that cannot be read is named on stderr, listed in ``DIR/skipped.txt`` and left out; the
+others are still written. Existing outputs are never replaced without ``--overwrite``.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+import tqdm
+
+from flaxderm import run as run_lib
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+SKIPPED = "skipped.txt"
+PREDICTIONS, LABELS = "predictions.csv", "labels.csv"
+# ISIC 2018 Task 3's submission columns, for runs whose classes are its seven diagnoses.
+ISIC_TASK3_COLUMNS = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+  """Image files named by ``inputs`` (files, folders, glob patterns), in order, without repeats.
+  ValueError naming an input that is neither an existing path nor a pattern matching images."""
+  found: list[Path] = []
+  for item in inputs:
+    path = Path(item)
+    if path.is_dir():
+      matches = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file():
+      matches = [path]
+    else:
+      matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+    if not matches:
+      raise ValueError(f"input {item!r}: no such file, or no image in that folder or pattern "
+                       f"(images: {', '.join(IMAGE_SUFFIXES)})")
+    found.extend(matches)
+  unique = list(dict.fromkeys(p.resolve() for p in found))
+  stems: dict[str, Path] = {}
+  for p in unique:
+    if p.stem in stems:
+      raise ValueError(f"two inputs have the image id {p.stem!r}: {stems[p.stem]} and {p}; "
+                       "outputs are named by id")
+    stems[p.stem] = p
+  return unique
+
+
+def read_image(path: Path) -> np.ndarray:
+  """uint8 RGB pixels of an image file, decoded as the dataset builders decode them."""
+  with Image.open(path) as im:
+    im.load()  # decodes everything: a truncated file fails here
+    return np.asarray(im.convert("RGB"))
+
+
+def postprocess(mask: np.ndarray, *, largest_component: bool, fill_holes: bool) -> np.ndarray:
+  """The bool mask with only its largest connected region (8-connectivity) and/or its holes
+  filled."""
+  if largest_component and mask.any():
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    if count > 2:
+      mask = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+  if fill_holes:
+    mask = ndimage.binary_fill_holes(mask)
+  return mask
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """RGB image with the mask tinted green and outlined."""
+  out = image.copy()
+  tint = np.array([0, 255, 0], np.float32)
+  out[mask] = (0.7 * out[mask] + 0.3 * tint).astype(np.uint8)
+  contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+  thickness = max(1, round(max(image.shape[:2]) / 300))
+  cv2.drawContours(out, contours, -1, (0, 255, 0), thickness)
+  return out
+
+
+def class_columns(class_names: Sequence[str]) -> tuple[list[str], list[int]]:
+  """(CSV header names, index of each column's class in ``class_names``)."""
+  lower = [n.lower() for n in class_names]
+  if sorted(lower) == sorted(c.lower() for c in ISIC_TASK3_COLUMNS):
+    return list(ISIC_TASK3_COLUMNS), [lower.index(c.lower()) for c in ISIC_TASK3_COLUMNS]
+  return list(class_names), list(range(len(class_names)))
+
+
+def _outputs(task: str, ids: Sequence[str], save_probabilities: bool) -> list[str]:
+  if task == "classification":
+    return [PREDICTIONS, LABELS]
+  suffixes = ["_segmentation.png", "_overlay.jpg"] + (["_probability.png"]
+                                                       if save_probabilities else [])
+  return [f"{i}{s}" for i in ids for s in suffixes]
+
+
+def _write(path: Path, image: np.ndarray, *params: int) -> None:
+  if image.ndim == 3:
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+  if not cv2.imwrite(str(path), image, list(params)):
+    raise OSError(f"could not write {path}")
+
+
+def _chunks(paths: Sequence[Path], size: int) -> Iterator[list[Path]]:
+  for start in range(0, len(paths), size):
+    yield list(paths[start:start + size])
+
+
+def predict_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *,
+                  params: str | None = None, use_ema: bool | None = None, tta: str | None = None,
+                  batch_size: int = 8, overwrite: bool = False, largest_component: bool = False,
+                  fill_holes: bool = False, save_probabilities: bool = False,
+                  progress: bool = True) -> dict:
+  """Predicts every input image into ``out``; see the module docstring. Returns a summary
+  (counts, skipped inputs, images/s)."""
+  paths = expand_inputs(inputs)
+  run = run_lib.load_run(workdir, params=params, use_ema=use_ema, tta=tta, batch_size=batch_size)
+  if run.task == "classification" and (largest_component or fill_holes or save_probabilities):
+    raise ValueError("--largest-component, --fill-holes and --save-probabilities are for "
+                     "segmentation runs; this run classifies")
+  out = Path(out)
+  planned = _outputs(run.task, [p.stem for p in paths], save_probabilities) + [SKIPPED]
+  existing = [name for name in planned if (out / name).exists()]
+  if existing and not overwrite:
+    shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5
+                                        else "")
+    raise ValueError(f"{out} already holds {shown}; pass --overwrite to replace them")
+  out.mkdir(parents=True, exist_ok=True)
+
+  started = time.perf_counter()
+  skipped: list[tuple[Path, str]] = []
+  rows: list[tuple[str, np.ndarray]] = []
+  done = 0
+  bar = tqdm.tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
+  for chunk in _chunks(paths, batch_size):
+    images, ids = [], []
+    for path in chunk:
+      try:
+        images.append(read_image(path))
+        ids.append(path.stem)
+      except Exception as e:  # pylint: disable=broad-except  (PIL raises many types)
+        problem = f"cannot read image ({type(e).__name__}: {e})"
+        skipped.append((path, problem))
+        bar.write(f"skipped {path}: {problem}", file=sys.stderr)
+    if images:
+      for image_id, image, probs in zip(ids, images, run.probabilities(images)):
+        if run.task == "classification":
+          rows.append((image_id, probs))
+          continue
+        mask = postprocess(probs >= run_lib.THRESHOLD, largest_component=largest_component,
+                           fill_holes=fill_holes)
+        _write(out / f"{image_id}_segmentation.png", mask.astype(np.uint8) * 255)
+        _write(out / f"{image_id}_overlay.jpg", overlay(image, mask),
+               cv2.IMWRITE_JPEG_QUALITY, 90)
+        if save_probabilities:
+          _write(out / f"{image_id}_probability.png",
+                 np.round(np.clip(probs, 0, 1) * 65535).astype(np.uint16))
+      done += len(images)
+    bar.update(len(chunk))
+  bar.close()
+  if run.task == "classification":
+    _write_class_tables(out, rows, run.class_names)
+  (out / SKIPPED).write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
+  elapsed = time.perf_counter() - started
+  summary = {"predicted": done, "skipped": len(skipped), "out": str(out),
+             "seconds": round(elapsed, 3), "images_per_s": round(done / max(elapsed, 1e-9), 3)}
+  log.info("predicted %d images (%d skipped) in %.1f s: %.2f images/s including decoding",
+           done, len(skipped), elapsed, summary["images_per_s"])
+  return summary
+
+
+def _write_class_tables(out: Path, rows: Sequence[tuple[str, np.ndarray]],
+                        class_names: Sequence[str]) -> None:
+  header, order = class_columns(class_names)
+  with open(out / PREDICTIONS, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image", *header])
+    for image_id, probs in rows:
+      probs = np.asarray(probs, np.float64)
+      probs = probs / probs.sum()
+      writer.writerow([image_id, *(f"{probs[i]:.6f}" for i in order)])
+  with open(out / LABELS, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image", "label"])
+    for image_id, probs in rows:
+      writer.writerow([image_id, class_names[int(np.argmax(probs))]])

@@ -1,0 +1,197 @@
+"""A trained run as a predictor, in three lines of a notebook::
+
+    import flaxderm
+    run = flaxderm.load_run("runs/ph2", params="best")
+    mask = run.predict(image)          # uint8 (H, W, 3) -> bool (H, W) mask at the image's size
+
+``run.predict`` returns, for a segmentation run, the lesion mask at the image's own resolution
+(the model's probabilities resized back onto the part of the image it saw, then thresholded), and
+for a classification run the class probabilities (in ``run.class_names`` order).
+``run.predict_batch(images)`` does the same for a list of images of any sizes, and
+``run.probabilities(images)`` returns the probability maps before thresholding. Images are
+prepared by the same function as the run's evaluation batches (its config's preprocessing,
+resize mode and normalisation).
+
+A cross-validation run (a directory of ``fold_*/`` runs) loads as one model: the average of the
+folds' probabilities.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flaxderm.data import pipeline
+from flaxderm.train import checkpoint as checkpoint_lib
+from flaxderm.train import config as config_lib
+from flaxderm.train import parallel as parallel_lib
+from flaxderm.train import setup
+from flaxderm.train import step as step_lib
+from flaxderm.train.state import TrainState
+
+CONFIG = "config.json"
+FOLD_PATTERN = "fold_*"
+THRESHOLD = 0.5
+
+
+def run_directories(workdir: str | Path) -> list[Path]:
+  """The training runs of ``workdir``: itself, or its ``fold_*/`` runs (cross-validation)."""
+  workdir = Path(workdir).resolve()
+  if (workdir / CONFIG).is_file():
+    return [workdir]
+  folds = sorted(d for d in workdir.glob(FOLD_PATTERN) if (d / CONFIG).is_file())
+  if not folds:
+    raise ValueError(f"{workdir} is not a training run directory (no {CONFIG}, and no "
+                     f"{FOLD_PATTERN}/{CONFIG} of a cross-validation run)")
+  return folds
+
+
+def run_config(workdir: Path, *, tta: str | None = None) -> ml_collections.ConfigDict:
+  """The run's saved config, with ``tta`` (when given) replacing its ``eval.tta``."""
+  cfg = config_lib.load_config(workdir / CONFIG)
+  if tta is not None:
+    if tta not in config_lib.TTA_MODES:
+      raise ValueError(f"--tta must be one of {config_lib.TTA_MODES}, got {tta!r}")
+    cfg.eval.tta = tta
+  return cfg
+
+
+def restore_state(workdir: Path, cfg: ml_collections.ConfigDict, info: setup.RunInfo,
+                  which: str | None, use_ema: bool | None, par: parallel_lib.DataParallel
+                  ) -> tuple[object, TrainState, int, str, bool]:
+  """(model, inference state, step, which, use_ema) of a run's "last" or "best" parameters
+  (default: the run's ``final_params``), with or without their EMA (default: ``use_ema``)."""
+  which = which or cfg.final_params
+  if which not in config_lib.FINAL_PARAMS:
+    raise ValueError(f"--params must be one of {config_lib.FINAL_PARAMS}, got {which!r}")
+  use_ema = cfg.use_ema if use_ema is None else use_ema
+  if use_ema and cfg.optimizer.ema_decay == 0.0:
+    raise ValueError(f"--ema: the run in {workdir} kept no EMA (its optimizer.ema_decay is 0)")
+  model = setup.make_model(cfg, info)
+  size = cfg.data.image_size
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                               np.zeros((1, size, size, 3), np.float32)))
+  target = setup.weights_of(abstract, cfg.optimizer.ema_decay > 0)
+  weights, step = checkpoint_lib.Checkpointer(workdir, read_only=True).restore_weights(
+      which, target, par.replicated)
+  state = TrainState(step=None, params=weights["params"], batch_stats=weights["batch_stats"],
+                     opt_state=None, rng=None, ema_params=weights["ema_params"])
+  return model, state, step, which, use_ema
+
+
+def probabilities_of(logits: jax.Array, task: str) -> jax.Array:
+  """Lesion probability maps (N, H, W) of segmentation logits, or class probabilities (N, K)."""
+  logits = logits.astype(jnp.float32)
+  if task == "segmentation":
+    if logits.shape[-1] == 1:
+      return jax.nn.sigmoid(logits[..., 0])
+    return jax.nn.softmax(logits, axis=-1)[..., 1]
+  if logits.shape[-1] == 1:
+    positive = jax.nn.sigmoid(logits)
+    return jnp.concatenate([1 - positive, positive], axis=-1)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+@dataclasses.dataclass
+class Member:
+  """One trained run of a ``Run``: its config, its data preparation and its jitted predictor."""
+
+  workdir: Path
+  cfg: ml_collections.ConfigDict
+  data_cfg: ml_collections.ConfigDict
+  step: int
+  model: object
+  state: TrainState
+  infer: Callable[[TrainState, jax.Array], jax.Array]  # images -> probabilities
+
+
+class Run:
+  """A trained run (or the folds of a cross-validation run) ready to predict; see the module
+  docstring. Build it with ``load_run``."""
+
+  def __init__(self, workdir: Path, info: setup.RunInfo, members: Sequence[Member], *,
+               params: str, use_ema: bool, batch_size: int):
+    self.workdir = workdir
+    self.info = info
+    self.members = list(members)
+    self.params = params
+    self.use_ema = use_ema
+    self.batch_size = batch_size
+
+  @property
+  def task(self) -> str:
+    return self.info.task
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return self.info.class_names
+
+  @property
+  def cfg(self) -> ml_collections.ConfigDict:
+    return self.members[0].cfg
+
+  def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per image: the lesion probability map (H, W) at the image's size, or the class
+    probabilities (K,); the mean over the members."""
+    images = [_checked_image(image, i) for i, image in enumerate(images)]
+    total: list[np.ndarray] | None = None
+    for member in self.members:
+      prepared = [pipeline.model_input(image, member.data_cfg) for image in images]
+      probs = []
+      for start in range(0, len(prepared), self.batch_size):
+        chunk = prepared[start:start + self.batch_size]
+        batch = np.zeros((self.batch_size, *chunk[0][0].shape), np.float32)  # one compiled shape
+        batch[:len(chunk)] = [x for x, _ in chunk]
+        out = np.asarray(member.infer(member.state, jnp.asarray(batch)))[:len(chunk)]
+        for (_, window), p in zip(chunk, out):
+          probs.append(window.paste(p) if self.task == "segmentation" else p.astype(np.float64))
+      total = probs if total is None else [t + p for t, p in zip(total, probs)]
+    return [t / len(self.members) for t in total]
+
+  def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Masks (bool, H x W of each image) or class probabilities (K,) of ``images``."""
+    probs = self.probabilities(images)
+    return [p >= THRESHOLD for p in probs] if self.task == "segmentation" else probs
+
+  def predict(self, image: np.ndarray) -> np.ndarray:
+    return self.predict_batch([image])[0]
+
+
+def _checked_image(image: np.ndarray, index: int) -> np.ndarray:
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"image {index}: expected uint8 RGB of shape (H, W, 3), got {image.dtype} "
+                     f"{image.shape}")
+  return image
+
+
+def load_run(workdir: str | Path, *, params: str | None = None, use_ema: bool | None = None,
+             tta: str | None = None, batch_size: int = 8) -> Run:
+  """The run in ``workdir`` (or its folds) with its "last" or "best" parameters (default: the
+  run's ``final_params``), their EMA or not (default: the run's ``use_ema``) and its test-time
+  augmentation (default: ``eval.tta``; "none", "hflip" or "flips")."""
+  if batch_size < 1:
+    raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+  directories = run_directories(workdir)
+  par = parallel_lib.DataParallel("auto")
+  members, infos, chosen = [], [], None
+  for directory in directories:
+    cfg = run_config(directory, tta=tta)
+    info = setup.RunInfo.load(directory)
+    model, state, step, which, ema = restore_state(directory, cfg, info, params, use_ema, par)
+    predict = step_lib.make_predict_step(model, cfg, use_ema=ema)
+    infer = jax.jit(lambda s, x, predict=predict, task=info.task: probabilities_of(
+        predict(s, x), task))
+    members.append(Member(directory, cfg, setup.eval_data_config(cfg), step, model, state, infer))
+    infos.append(info)
+    chosen = (which, ema)
+  if any(info != infos[0] for info in infos):
+    raise ValueError(f"the folds of {workdir} disagree on task or classes: "
+                     f"{sorted({(i.task, i.class_names) for i in infos})}")
+  return Run(Path(workdir).resolve(), infos[0], members, params=chosen[0], use_ema=chosen[1],
+             batch_size=batch_size)

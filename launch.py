@@ -9,6 +9,8 @@
     python launch.py predict --workdir RUN --out DIR INPUT... [--params ...] [--ema | --no-ema]
         [--tta ...] [--batch-size N] [--largest-component] [--fill-holes] [--save-probabilities]
         [--overwrite]                                 # see flaxderm/predict.py
+    python launch.py export --workdir RUN --format onnx|savedmodel|tflite --out PATH
+        [--params ...] [--ema | --no-ema] [--tta ...]  # see flaxderm/export.py
 
 EXPERIMENT names a file ``experiments/EXPERIMENT.py`` whose ``get_config(arg)`` returns the config
 (``:runlocal`` passes "runlocal": a seconds-long smoke run of the same experiment). Multi-host:
@@ -155,8 +157,22 @@ def _predict_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _export_parser() -> argparse.ArgumentParser:
+  from flaxderm import export  # pylint: disable=g-import-not-at-top
+
+  parser = argparse.ArgumentParser(prog="launch.py export", description=export.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  _add_run_options(parser)
+  parser.add_argument("--format", required=True, choices=export.FORMATS)
+  parser.add_argument("--out", required=True, help="file (onnx, tflite) or folder (savedmodel)")
+  parser.add_argument("--batch-size", type=int, default=1,
+                      help="tflite: the batch when the converter needs a fixed one")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+  return parser
+
+
 def _run_tool(name: str, argv: list[str]) -> int:
-  """``launch.py predict ...``: a tool applied to a trained run."""
+  """``launch.py predict|export ...``: a tool applied to a trained run."""
   _quiet_logging()
   _hide_gpus_from_tensorflow()
   if name == "predict":
@@ -171,6 +187,15 @@ def _run_tool(name: str, argv: list[str]) -> int:
     print(f"{summary['predicted']} images predicted into {summary['out']} "
           f"({summary['skipped']} skipped) in {summary['seconds']:.1f} s: "
           f"{summary['images_per_s']:.2f} images/s including decoding", flush=True)
+  elif name == "export":
+    args = _export_parser().parse_args(argv)
+    from flaxderm import export  # pylint: disable=g-import-not-at-top
+
+    card = export.export_run(args.workdir, args.format, args.out, params=args.params,
+                             use_ema=args.ema, tta=args.tta, batch_size=args.batch_size,
+                             overwrite=args.overwrite)
+    print(f"exported {card['architecture']['name']} ({card['format']}, input "
+          f"{card['input']['shape']}) to {args.out}; model card {args.out}.card.md", flush=True)
   return 0
 
 
@@ -183,7 +208,7 @@ def _quiet_logging() -> None:
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
-RUN_TOOLS = ("predict",)
+RUN_TOOLS = ("predict", "export")
 
 
 def main(argv: list[str]) -> int:

@@ -107,7 +107,10 @@ class Member:
   step: int
   model: object
   state: TrainState
-  infer: Callable[[TrainState, jax.Array], jax.Array]  # images -> probabilities
+  forward: Callable[[TrainState, jax.Array], jax.Array]  # model inputs -> probabilities
+
+  def __post_init__(self):
+    self.infer = jax.jit(self.forward)
 
 
 class Run:
@@ -134,6 +137,12 @@ class Run:
   @property
   def cfg(self) -> ml_collections.ConfigDict:
     return self.members[0].cfg
+
+  def forward(self, inputs: jax.Array) -> jax.Array:
+    """Probabilities of prepared model inputs (N, S, S, 3): lesion maps (N, S, S) or classes
+    (N, K), the mean over the members; a pure function of ``inputs`` (what export converts)."""
+    outputs = [member.forward(member.state, inputs) for member in self.members]
+    return sum(outputs[1:], outputs[0]) / len(outputs)
 
   def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per image: the lesion probability map (H, W) at the image's size, or the class
@@ -185,9 +194,9 @@ def load_run(workdir: str | Path, *, params: str | None = None, use_ema: bool | 
     info = setup.RunInfo.load(directory)
     model, state, step, which, ema = restore_state(directory, cfg, info, params, use_ema, par)
     predict = step_lib.make_predict_step(model, cfg, use_ema=ema)
-    infer = jax.jit(lambda s, x, predict=predict, task=info.task: probabilities_of(
-        predict(s, x), task))
-    members.append(Member(directory, cfg, setup.eval_data_config(cfg), step, model, state, infer))
+    forward = lambda s, x, predict=predict, task=info.task: probabilities_of(predict(s, x), task)
+    members.append(Member(directory, cfg, setup.eval_data_config(cfg), step, model, state,
+                          forward))
     infos.append(info)
     chosen = (which, ema)
   if any(info != infos[0] for info in infos):

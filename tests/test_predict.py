@@ -257,3 +257,28 @@ def test_isic_task3_columns_and_postprocessing():
   assert not kept[15:18, 15:18].any() and not kept[6, 6]
   filled = predict_lib.postprocess(mask, largest_component=True, fill_holes=True)
   assert filled[2:12, 2:12].all() and filled.sum() == 100
+
+
+def test_readme_examples_run(segmentation_run, tmp_path, monkeypatch):
+  readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+  section = readme[readme.index("## Applying a trained run"):]
+  snippet = section[section.index("```python\n") + 10:section.index("```", section.index(
+      "```python\n") + 10)]
+  run_dir = str(segmentation_run)
+  namespace = {"image": np.random.default_rng(0).integers(0, 256, (37, 51, 3), dtype=np.uint8)}
+  exec(snippet.replace("runs/default", run_dir), namespace)  # pylint: disable=exec-used
+  assert namespace["mask"].shape == (37, 51) and namespace["mask"].dtype == bool
+
+  monkeypatch.chdir(tmp_path)
+  export_line = next(line.strip() for line in section.splitlines()
+                     if line.strip().startswith("python launch.py export"))
+  argv = export_line.replace("runs/default", run_dir).split()[2:]
+  assert launch.main(argv) == 0
+  assert (tmp_path / "default.onnx").is_file() and (tmp_path / "default.onnx.card.md").is_file()
+  write_image(tmp_path / "images" / "a.jpg", 40, 30)
+  predict_line = next(line.strip() for line in section.splitlines()
+                      if line.strip().startswith("python launch.py predict"))
+  argv = predict_line.replace("runs/default", run_dir).rstrip("\\").split()[2:]
+  argv = [a if a != "IMAGES_OR_FOLDERS..." else "images" for a in argv]
+  assert launch.main(argv + ["--no-progress"]) == 0
+  assert (tmp_path / "predictions" / "a_segmentation.png").is_file()

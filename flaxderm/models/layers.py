@@ -195,7 +195,8 @@ class PointwiseConv(_ConvWeights):
   def __call__(self, x):
     x, kernel, bias = self.weights(x, (1, 1, x.shape[-1], self.features))
     if self.strides > 1:
-      x = x[:, ::self.strides, ::self.strides]
+      # lax.slice, not x[:, ::s, ::s]: with a symbolic batch (export) indexing becomes a gather.
+      x = jax.lax.slice(x, (0,) * 4, x.shape, (1, self.strides, self.strides, 1))
     y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], self.features)
     return y if bias is None else y + bias
 
@@ -404,7 +405,7 @@ def resize_bilinear(x: jax.Array, height: int, width: int, *, align_corners: boo
     shape = [1] * a.ndim
     shape[axis] = dst
     frac = frac.reshape(shape)
-    return jnp.take(a, lo, axis) * (1 - frac) + jnp.take(a, hi, axis) * frac
+    return jnp.take(a, lo, axis=axis) * (1 - frac) + jnp.take(a, hi, axis=axis) * frac
 
   return interp(interp(x, 1, h, height), 2, w, width)
 

@@ -1,0 +1,245 @@
+"""Exporting a trained run's inference graph for deployment outside JAX::
+
+    python launch.py export --workdir RUN --format onnx|savedmodel|tflite --out PATH
+        [--params last|best] [--ema | --no-ema] [--tta none|hflip|flips] [--batch-size N]
+
+The graph maps a batch of prepared model inputs, float32 (N, S, S, 3) NHWC normalised as the card
+says, to probabilities: the lesion probability map (N, S, S) of a segmentation run, or the class
+probabilities (N, K) of a classifier (BatchNorm in inference mode, the run's test-time
+augmentation inside, the mean of the folds for a cross-validation run). Preparing an image
+(resize, normalisation) is the caller's, as ``flaxderm.data.pipeline.model_input`` does it.
+
+* ``onnx``: through ``jax2onnx``; the batch dimension is dynamic ("N").
+* ``savedmodel``: through ``jax.experimental.jax2tf`` (a ``serving_default`` signature with input
+  ``image``); dynamic batch.
+* ``tflite``: the same TensorFlow function converted by the TFLite converter; dynamic batch where
+  the converter can lower every layer with it, else the batch is fixed to ``--batch-size`` (the
+  card says which).
+
+Beside ``PATH``: ``PATH.card.md`` and ``PATH.card.json``, the model card (architecture, weights,
+training data, metrics, input size and normalisation, class names, intended use). A model that a
+format cannot express fails with a ValueError naming the layer where the converter stopped.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+from jax._src import source_info_util
+
+from flaxderm import run as run_lib
+from flaxderm.data import preprocess as preprocess_lib
+
+FORMATS = ("onnx", "savedmodel", "tflite")
+INPUT_NAME = "image"
+INTENDED_USE = ("Research use only. Not a medical device: not validated for diagnosis or any "
+                "clinical decision.")
+
+
+class ExportError(ValueError):
+  """A model that the format (or its converter) cannot express; the message names the layer."""
+
+
+def _equations(jaxpr, scope: str = "") -> list[tuple[Any, str]]:
+  """(equation, its module path) for every equation of ``jaxpr`` and of the jaxprs nested in it
+  (jit, scan, cond, ...), whose name stacks are relative to the equation that holds them."""
+  found = []
+  for eqn in jaxpr.eqns:
+    path = "/".join(p for p in (scope, str(eqn.source_info.name_stack)) if p)
+    found.append((eqn, path))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          found.extend(_equations(inner, path))
+  return found
+
+
+def _failing_layer(error: BaseException, fn: Callable, shape: tuple[int, ...]) -> str:
+  """The layer (flax module path) where a converter stopped: the MLIR location of a TensorFlow
+  converter message, or the first operation of ``fn`` whose primitive the message names."""
+  text = str(error)
+  located = re.search(r'loc\(callsite\("(?:jit\([^)]*\)/)?([^"]+)"', text)
+  if located:
+    return located.group(1).rsplit("/", 1)[0]
+  try:
+    jaxpr = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct((1, *shape), jax.numpy.float32)).jaxpr
+  except Exception:  # pylint: disable=broad-except  (then there is no layer to name)
+    return ""
+  words = set(re.findall(r"[a-z_0-9]+", text.lower()))
+  for eqn, stack in _equations(jaxpr):
+    if eqn.primitive.name in words:
+      frame = source_info_util.user_frame(eqn.source_info.traceback)
+      line = f", {frame.file_name}:{frame.start_line}" if frame else ""
+      return f"{stack or '(top level)'} ({eqn.primitive.name}{line})"
+  return ""
+
+
+def _unexpressible(fmt: str, name: str, error: BaseException, fn: Callable,
+                   shape: tuple[int, ...]) -> ExportError:
+  layer = _failing_layer(error, fn, shape)
+  where = f" at layer {layer}" if layer else ""
+  message = str(error).strip().splitlines()[0][:400] if str(error).strip() else type(error).__name__
+  return ExportError(f"{fmt}: model {name!r} cannot be exported{where}: {type(error).__name__}: "
+                     f"{message}")
+
+
+def export_function(fn: Callable[[jax.Array], jax.Array], image_size: int, fmt: str,
+                    path: Path, *, name: str, batch_size: int = 1) -> dict[str, Any]:
+  """Writes ``fn`` (float32 (N, S, S, 3) -> array) to ``path`` in ``fmt``; returns what the card
+  records about the graph (input shape, whether the batch is dynamic)."""
+  if fmt not in FORMATS:
+    raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+  if batch_size < 1:
+    raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+  shape = (image_size, image_size, 3)
+  try:
+    if fmt == "onnx":
+      from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
+
+      model = to_onnx(fn, [("N", *shape)], model_name=name)
+      path.write_bytes(model.SerializeToString())
+      return {"input": [None, *shape], "dynamic_batch": True}
+    tf_function = _tf_function(fn, shape, None)
+    if fmt == "savedmodel":
+      _save_tf(tf_function, path)
+      return {"input": [None, *shape], "dynamic_batch": True}
+    try:
+      path.write_bytes(_tflite(tf_function))
+      return {"input": [None, *shape], "dynamic_batch": True}
+    except Exception:  # pylint: disable=broad-except  (e.g. strided slices need a static batch)
+      path.write_bytes(_tflite(_tf_function(fn, shape, batch_size)))
+      return {"input": [batch_size, *shape], "dynamic_batch": False}
+  except ExportError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (converters raise anything)
+    raise _unexpressible(fmt, name, e, fn, shape) from e
+
+
+def _tf_function(fn, shape: tuple[int, ...], batch_size: int | None):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+
+  polymorphic = None if batch_size else [f"(n, {', '.join(map(str, shape))})"]
+  converted = jax2tf.convert(fn, polymorphic_shapes=polymorphic, with_gradient=False)
+  spec = tf.TensorSpec([batch_size, *shape], tf.float32, name=INPUT_NAME)
+  return tf.function(lambda image: converted(image), input_signature=[spec], autograph=False)
+
+
+def _save_tf(tf_function, path: Path) -> None:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  module = tf.Module()
+  module.serve = tf_function
+  tf.saved_model.save(module, str(path), signatures={"serving_default": tf_function})
+
+
+def _tflite(tf_function) -> bytes:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [tf_function.get_concrete_function()], tf_function)
+  return converter.convert()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+  return json.loads(path.read_text()) if path.is_file() else None
+
+
+def model_card(run: run_lib.Run, fmt: str, graph: dict[str, Any]) -> dict[str, Any]:
+  cfg = run.cfg
+  data = run.members[0].data_cfg
+  results = _read_json(run.members[0].workdir / "results.json") or {}
+  evaluation = _read_json(run.members[0].workdir / "evaluation" / "metrics.json")
+  stats = preprocess_lib.normalization_stats(data.normalization, data.mean, data.std)
+  output = ("lesion probability per pixel, (N, S, S); threshold 0.5 for the mask"
+            if run.task == "segmentation" else
+            f"class probabilities, (N, {len(run.class_names)}), in class_names order")
+  return {
+      "format": fmt,
+      "created": datetime.datetime.now().isoformat(timespec="seconds"),
+      "run": str(run.workdir),
+      "folds": [str(m.workdir) for m in run.members] if len(run.members) > 1 else None,
+      "architecture": {"name": cfg.model.name, "kwargs": cfg.model.kwargs.to_dict(),
+                       "compute_dtype": cfg.compute_dtype},
+      "weights": {"initialised_from": cfg.model.pretrained or "random initialisation (trained "
+                  "from scratch)", "params": run.params, "ema": run.use_ema,
+                  "step": [m.step for m in run.members], "tta": cfg.eval.tta},
+      "training_data": {"dataset": cfg.data.name, "manual_dir": cfg.data.manual_dir,
+                        "split": cfg.data.split, "train_split": cfg.data.train_split,
+                        "fold": cfg.data.get("fold"), "num_folds": cfg.data.get("num_folds")},
+      "metrics": {"validation": results.get("validation"), "evaluation": evaluation},
+      "input": {"name": INPUT_NAME, "shape": graph["input"], "dynamic_batch":
+                graph["dynamic_batch"], "layout": "NHWC float32 RGB",
+                "image_size": data.image_size, "resize": data.resize,
+                "crop_fraction": data.crop_fraction, "preprocess": dict(data.preprocess),
+                "normalization": data.normalization,
+                "mean": stats and [float(v) for v in stats[0]],
+                "std": stats and [float(v) for v in stats[1]],
+                "scaling": ("pixels / 255, then (x - mean) / std" if stats else
+                            "pixels / 255, then each image standardised by its own channel "
+                            "means and standard deviations")},
+      "task": run.task,
+      "class_names": list(run.class_names),
+      "output": output,
+      "intended_use": INTENDED_USE,
+  }
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+  metrics = card["metrics"]["evaluation"] or {"metrics": card["metrics"]["validation"]}
+  lines = [
+      f"# Model card: {card['architecture']['name']} ({card['task']})", "",
+      f"**{card['intended_use']}**", "",
+      f"- format: {card['format']}; exported {card['created']} from `{card['run']}`",
+      f"- architecture: `{card['architecture']['name']}` {card['architecture']['kwargs']}",
+      f"- weights: {card['weights']['initialised_from']}; {card['weights']['params']} parameters "
+      f"of step {card['weights']['step']}, EMA {card['weights']['ema']}, test-time augmentation "
+      f"{card['weights']['tta']}",
+      f"- training data: {card['training_data']}",
+      f"- metrics: {json.dumps(metrics.get('metrics'), sort_keys=True)}",
+      f"- input `{card['input']['name']}`: {card['input']['shape']} "
+      f"({card['input']['layout']}, batch {'dynamic' if card['input']['dynamic_batch'] else 'fixed'})"
+      f"; resize {card['input']['resize']} to {card['input']['image_size']} px, normalisation "
+      f"{card['input']['normalization']} mean {card['input']['mean']} std {card['input']['std']}"
+      f" ({card['input']['scaling']}); preprocessing {card['input']['preprocess']}",
+      f"- output: {card['output']}",
+      f"- class names: {card['class_names']}", ""]
+  return "\n".join(lines)
+
+
+def export_run(workdir: str | Path, fmt: str, out: str | Path, *, params: str | None = None,
+               use_ema: bool | None = None, tta: str | None = None, batch_size: int = 1,
+               overwrite: bool = False) -> dict[str, Any]:
+  """Exports the run to ``out`` with its model card; returns the card."""
+  out = Path(out)
+  card_json, card_md = Path(f"{out}.card.json"), Path(f"{out}.card.md")
+  existing = [str(p) for p in (out, card_json, card_md) if p.exists()]
+  if existing and not overwrite:
+    raise ValueError(f"{', '.join(existing)} already exist; pass --overwrite to replace them")
+  run = run_lib.load_run(workdir, params=params, use_ema=use_ema, tta=tta)
+  sizes = {m.data_cfg.image_size for m in run.members}
+  if len(sizes) > 1:
+    raise ValueError(f"the folds of {workdir} use different image sizes {sorted(sizes)}")
+  fn = run.forward
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+    staged = Path(scratch) / out.name  # a failed export leaves no half-written file
+    graph = export_function(fn, sizes.pop(), fmt, staged, name=run.cfg.model.name,
+                            batch_size=batch_size)
+    if out.is_dir():
+      shutil.rmtree(out)
+    elif out.exists():
+      out.unlink()
+    staged.rename(out)
+  card = model_card(run, fmt, graph)
+  card_json.write_text(json.dumps(card, indent=2, default=str) + "\n")
+  card_md.write_text(_card_markdown(card))
+  return card

@@ -1,0 +1,179 @@
+"""Export: ONNX (onnxruntime), SavedModel (TensorFlow) and TFLite (its interpreter) equal JAX's
+output on the same input; model cards; a model a format cannot express names its layer."""
+from __future__ import annotations
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from flaxderm import export as export_lib
+from flaxderm import run as run_lib
+from flaxderm.train import config as config_lib
+from flaxderm.train import loop
+
+pytestmark = pytest.mark.slow
+SIZE = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prepared_data_dir(tmp_path_factory):
+  previous = os.environ.get("FLAXDERM_DATA_DIR")
+  os.environ["FLAXDERM_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+  yield
+  if previous is None:
+    del os.environ["FLAXDERM_DATA_DIR"]
+  else:
+    os.environ["FLAXDERM_DATA_DIR"] = previous
+
+
+def _config(model: str, kwargs: dict, task: str) -> ml_collections.ConfigDict:
+  c = config_lib.default_config()
+  c.model.name = model
+  c.model.kwargs = kwargs
+  c.data.image_size = SIZE
+  c.data.builder_kwargs = {"num_train": 8, "num_validation": 4, "num_test": 2, "image_size": 48}
+  if task == "classification":
+    c.data.task, c.loss.name = "classification", "cross_entropy"
+  c.batch_size = 4
+  c.num_epochs = 0
+  c.num_steps = 2
+  c.eval.every_steps = 2
+  c.eval.batch_size = 4
+  c.eval.tta = "hflip"  # inside the exported graph too
+  c.progress_bar = False
+  c.visualize_images = 0
+  return c
+
+
+MODELS = {
+    "unet": ("unet", {"base_width": 4, "depth": 2}, "segmentation"),
+    "resnet": ("resnet18", {"depths": (1, 1, 1, 1)}, "classification"),
+    "vit": ("vit_tiny", {"img_size": SIZE}, "classification"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  trained = {}
+  for key, (model, kwargs, task) in MODELS.items():
+    workdir = tmp_path_factory.mktemp(key)
+    loop.train(_config(model, kwargs, task), workdir)
+    trained[key] = workdir
+  return trained
+
+
+def _inputs(n: int = 3) -> np.ndarray:
+  return np.random.default_rng(0).normal(size=(n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def _expected(workdir, inputs):
+  return np.asarray(jax.jit(run_lib.load_run(workdir).forward)(jnp.asarray(inputs)))
+
+
+def _onnx(path, inputs):
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+
+  session = onnxruntime.InferenceSession(str(path))
+  return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+
+
+def _savedmodel(path, inputs):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+  return next(iter(serve(image=tf.constant(inputs)).values())).numpy()
+
+
+def _tflite(path, inputs, card):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  interpreter = tf.lite.Interpreter(model_path=str(path))
+  given = interpreter.get_input_details()[0]
+  batch = len(inputs) if card["input"]["dynamic_batch"] else card["input"]["shape"][0]
+  interpreter.resize_tensor_input(given["index"], [batch, SIZE, SIZE, 3])
+  interpreter.allocate_tensors()
+  outputs = []
+  for start in range(0, len(inputs), batch):
+    chunk = np.zeros((batch, SIZE, SIZE, 3), np.float32)
+    part = inputs[start:start + batch]
+    chunk[:len(part)] = part
+    interpreter.set_tensor(given["index"], chunk)
+    interpreter.invoke()
+    outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[:len(part)])
+  return np.concatenate(outputs)
+
+
+@pytest.mark.parametrize("fmt", export_lib.FORMATS)
+@pytest.mark.parametrize("key", sorted(MODELS))
+def test_exported_model_equals_jax(runs, tmp_path, key, fmt):
+  out = tmp_path / f"model.{fmt}"
+  card = export_lib.export_run(runs[key], fmt, out)
+  inputs = _inputs()
+  expected = _expected(runs[key], inputs)
+  if fmt == "onnx":
+    got = _onnx(out, inputs)
+  elif fmt == "savedmodel":
+    got = _savedmodel(out, inputs)
+  else:
+    got = _tflite(out, inputs, card)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+  if fmt != "tflite":
+    assert card["input"]["dynamic_batch"] and card["input"]["shape"][0] is None
+
+  saved = json.loads((tmp_path / f"model.{fmt}.card.json").read_text())
+  assert saved["task"] == MODELS[key][2] and saved["architecture"]["name"] == MODELS[key][0]
+  assert saved["input"]["image_size"] == SIZE and saved["input"]["mean"]
+  assert saved["weights"]["tta"] == "hflip" and saved["metrics"]["validation"]
+  text = (tmp_path / f"model.{fmt}.card.md").read_text()
+  assert "not a medical device" in text.lower() and MODELS[key][0] in text
+  with pytest.raises(ValueError, match="--overwrite"):
+    export_lib.export_run(runs[key], fmt, out)
+
+
+class _SpectralHead(nn.Module):
+  """A layer ONNX has no counterpart for in jax2onnx (an eigen-decomposition)."""
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Dense(4, name="project")(x.mean(axis=(1, 2)))
+    gram = y[:, :, None] * y[:, None, :]
+    return jnp.linalg.eigh(gram)[0]
+
+
+class _Net(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return _SpectralHead(name="spectral_head")(nn.Conv(4, (3, 3), name="stem")(x))
+
+
+def test_a_layer_the_format_cannot_express_is_named(tmp_path):
+  model = _Net()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  expected = r"onnx: model 'net' cannot be exported at layer _Net/spectral_head \(eigh\)"
+  with pytest.raises(export_lib.ExportError, match=expected):
+    export_lib.export_function(lambda x: model.apply(variables, x), 8, "onnx",
+                               tmp_path / "m.onnx", name="net")
+  assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_command(runs, tmp_path, capsys):
+  import sys  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+  import launch  # pylint: disable=g-import-not-at-top
+
+  out = tmp_path / "unet.onnx"
+  assert launch.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
+                      "--out", str(out)]) == 0
+  assert "exported unet (onnx" in capsys.readouterr().out and out.is_file()
+  assert launch.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
+                      "--out", str(out)]) == 1
+  assert "--overwrite" in capsys.readouterr().err

@@ -179,7 +179,7 @@ def model_card(run: run_lib.Run, fmt: str, graph: dict[str, Any]) -> dict[str, A
       "input": {"name": INPUT_NAME, "shape": graph["input"], "dynamic_batch":
                 graph["dynamic_batch"], "layout": "NHWC float32 RGB",
                 "image_size": data.image_size, "resize": data.resize,
-                "crop_fraction": data.crop_fraction, "preprocess": dict(data.preprocess),
+                "crop_fraction": data.crop_fraction, "preprocess": data.preprocess.to_dict(),
                 "normalization": data.normalization,
                 "mean": stats and [float(v) for v in stats[0]],
                 "std": stats and [float(v) for v in stats[1]],

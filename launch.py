@@ -78,20 +78,13 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT,
-                      help="experiments/NAME.py (optionally NAME:ARG), or 'evaluate'")
+                      help="experiments/NAME.py (optionally NAME:ARG), or a run tool: "
+                      "evaluate, predict, export (launch.py TOOL --help)")
   parser.add_argument("--list", action="store_true", help="list the experiments and exit")
   parser.add_argument("--workdir", help="run directory (default runs/EXPERIMENT)")
   parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
   parser.add_argument("--sweep", action="store_true",
                       help="run every config of the experiment's sweep() into workdir/<name>")
-  parser.add_argument("--manual-dir", help="evaluate: score all of the dataset in this folder")
-  parser.add_argument("--params", choices=("last", "best"),
-                      help="evaluate: which parameters (default: the run's config.final_params)")
-  parser.add_argument("--ema", action=argparse.BooleanOptionalAction,
-                      help="evaluate: score the EMA of the parameters, or not (default: the "
-                      "run's config.use_ema)")
-  parser.add_argument("--tta", help="evaluate: test-time augmentation, none|hflip|flips "
-                      "(default: the run's config.eval.tta)")
   parser.add_argument("--coordinator_address", help="multi-host: HOST:PORT of process 0")
   parser.add_argument("--num_processes", type=int, help="multi-host: number of processes")
   parser.add_argument("--process_id", type=int, help="multi-host: this process's index")
@@ -127,8 +120,11 @@ def _train(args, overrides: list[str]) -> None:
           f"({results['params']} params, step {results['params_step']})", flush=True)
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-  """The options every run-level tool shares: which run and which of its parameters."""
+def _tool_parser(name: str, module: ModuleType) -> argparse.ArgumentParser:
+  """The parser of a run tool, with the options they all share: which run and which of its
+  parameters."""
+  parser = argparse.ArgumentParser(prog=f"launch.py {name}", description=module.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="the training run (or CV run) directory")
   parser.add_argument("--params", choices=("last", "best"),
                       help="which parameters (default: the run's config.final_params)")
@@ -136,14 +132,24 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                       help="use the EMA of the parameters, or not (default: config.use_ema)")
   parser.add_argument("--tta", help="test-time augmentation, none|hflip|flips (default: the "
                       "run's config.eval.tta)")
+  return parser
 
 
-def _predict_parser() -> argparse.ArgumentParser:
+def _evaluate(argv: list[str]) -> None:
+  from flaxderm import evaluate  # pylint: disable=g-import-not-at-top
+
+  parser = _tool_parser("evaluate", evaluate)
+  parser.add_argument("--manual-dir", help="score all of the dataset in this folder")
+  args = parser.parse_args(argv)
+  metrics = evaluate.evaluate_run(args.workdir, manual_dir=args.manual_dir, params=args.params,
+                                  use_ema=args.ema, tta=args.tta)
+  print(evaluate.json_line(metrics), flush=True)
+
+
+def _predict(argv: list[str]) -> None:
   from flaxderm import predict  # pylint: disable=g-import-not-at-top
 
-  parser = argparse.ArgumentParser(prog="launch.py predict", description=predict.__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  _add_run_options(parser)
+  parser = _tool_parser("predict", predict)
   parser.add_argument("--out", required=True, help="output folder")
   parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs")
   parser.add_argument("--batch-size", type=int, default=8)
@@ -154,49 +160,36 @@ def _predict_parser() -> argparse.ArgumentParser:
   parser.add_argument("--save-probabilities", action="store_true",
                       help="segmentation: also write <id>_probability.png (16-bit)")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-  return parser
+  args = parser.parse_args(argv)
+  summary = predict.predict_files(
+      args.workdir, args.inputs, args.out, params=args.params, use_ema=args.ema, tta=args.tta,
+      batch_size=args.batch_size, overwrite=args.overwrite,
+      largest_component=args.largest_component, fill_holes=args.fill_holes,
+      save_probabilities=args.save_probabilities, progress=not args.no_progress)
+  print(f"{summary['predicted']} images predicted into {summary['out']} "
+        f"({summary['skipped']} skipped) in {summary['seconds']:.1f} s: "
+        f"{summary['images_per_s']:.2f} images/s including decoding", flush=True)
 
 
-def _export_parser() -> argparse.ArgumentParser:
+def _export(argv: list[str]) -> None:
   from flaxderm import export  # pylint: disable=g-import-not-at-top
 
-  parser = argparse.ArgumentParser(prog="launch.py export", description=export.__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  _add_run_options(parser)
+  parser = _tool_parser("export", export)
   parser.add_argument("--format", required=True, choices=export.FORMATS)
   parser.add_argument("--out", required=True, help="file (onnx, tflite) or folder (savedmodel)")
   parser.add_argument("--batch-size", type=int, default=1,
                       help="tflite: the batch when the converter needs a fixed one")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
-  return parser
+  args = parser.parse_args(argv)
+  card = export.export_run(args.workdir, args.format, args.out, params=args.params,
+                           use_ema=args.ema, tta=args.tta, batch_size=args.batch_size,
+                           overwrite=args.overwrite)
+  print(f"exported {card['architecture']['name']} ({card['format']}, input "
+        f"{card['input']['shape']}) to {args.out}; model card {args.out}.card.md", flush=True)
 
 
-def _run_tool(name: str, argv: list[str]) -> int:
-  """``launch.py predict|export ...``: a tool applied to a trained run."""
-  _quiet_logging()
-  _hide_gpus_from_tensorflow()
-  if name == "predict":
-    args = _predict_parser().parse_args(argv)
-    from flaxderm import predict  # pylint: disable=g-import-not-at-top
-
-    summary = predict.predict_files(
-        args.workdir, args.inputs, args.out, params=args.params, use_ema=args.ema, tta=args.tta,
-        batch_size=args.batch_size, overwrite=args.overwrite,
-        largest_component=args.largest_component, fill_holes=args.fill_holes,
-        save_probabilities=args.save_probabilities, progress=not args.no_progress)
-    print(f"{summary['predicted']} images predicted into {summary['out']} "
-          f"({summary['skipped']} skipped) in {summary['seconds']:.1f} s: "
-          f"{summary['images_per_s']:.2f} images/s including decoding", flush=True)
-  elif name == "export":
-    args = _export_parser().parse_args(argv)
-    from flaxderm import export  # pylint: disable=g-import-not-at-top
-
-    card = export.export_run(args.workdir, args.format, args.out, params=args.params,
-                             use_ema=args.ema, tta=args.tta, batch_size=args.batch_size,
-                             overwrite=args.overwrite)
-    print(f"exported {card['architecture']['name']} ({card['format']}, input "
-          f"{card['input']['shape']}) to {args.out}; model card {args.out}.card.md", flush=True)
-  return 0
+# Tools applied to a trained run: ``launch.py TOOL --workdir RUN ...``.
+RUN_TOOLS = {"evaluate": _evaluate, "predict": _predict, "export": _export}
 
 
 def _quiet_logging() -> None:
@@ -208,16 +201,18 @@ def _quiet_logging() -> None:
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
-RUN_TOOLS = ("predict", "export")
-
-
 def main(argv: list[str]) -> int:
   if argv and argv[0] in RUN_TOOLS:
+    _quiet_logging()
+    _hide_gpus_from_tensorflow()
     try:
-      return _run_tool(argv[0], argv[1:])
+      RUN_TOOLS[argv[0]](argv[1:])
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
+    except KeyboardInterrupt:
+      return 130
+    return 0
   args, rest = _parser().parse_known_args(argv)
   overrides = [a for a in rest if a.startswith("--config.")]
   unknown = [a for a in rest if not a.startswith("--config.")]
@@ -230,9 +225,8 @@ def main(argv: list[str]) -> int:
       print(f"{name:32s} {summary(load_experiment(name))}")
     return 0
   _quiet_logging()
-  try:
-    if args.experiment != "evaluate":  # a bad name or key fails before the slow imports
-      experiment_config(args.experiment, overrides)
+  try:  # a bad name or key fails before the slow imports
+    experiment_config(args.experiment, overrides)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -241,15 +235,6 @@ def main(argv: list[str]) -> int:
   from flaxderm.train import parallel  # pylint: disable=g-import-not-at-top
 
   try:
-    if args.experiment == "evaluate":
-      from flaxderm import evaluate  # pylint: disable=g-import-not-at-top
-
-      if not args.workdir:
-        raise ValueError("evaluate needs --workdir RUN (a training run directory)")
-      metrics = evaluate.evaluate_run(args.workdir, manual_dir=args.manual_dir,
-                                      params=args.params, use_ema=args.ema, tta=args.tta)
-      print(evaluate.json_line(metrics), flush=True)
-      return 0
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                     args.process_id)
     _train(args, overrides)

@@ -17,11 +17,11 @@ same math, counted once (PyTorch has no compiled cost analysis to read).
   python benchmarks/train_step.py --models unet,resnet50 --batch-sizes 4,16 --steps 5
   python benchmarks/train_step.py --device gpu      # bfloat16 compute on a GPU
   python benchmarks/train_step.py --no-bf16         # without the bfloat16-compute column
+  python benchmarks/train_step.py --models unet --xla-defaults --no-append
 
 On the CPU the main columns are float32 compute and a "bf16 ms/step" column times the same step
 with bfloat16 compute (``config.compute_dtype="bfloat16"``: float32 params, BatchNorm statistics,
 loss and optimizer), with its speed relative to float32; on a GPU the main columns are bf16 already.
-  python benchmarks/train_step.py --models unet --xla-defaults --no-append
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import logging
 import sys
 import time
@@ -36,6 +37,7 @@ from scipy import ndimage
 import tqdm
 
 from flaxderm import run as run_lib
+from flaxderm.data import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,11 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-  """uint8 RGB pixels of an image file, decoded as the dataset builders decode them."""
-  with Image.open(path) as im:
+  """uint8 RGB pixels of an image file, decoded and checked as the dataset builders do."""
+  data = path.read_bytes()
+  with Image.open(io.BytesIO(data)) as im:
     im.load()  # decodes everything: a truncated file fails here
+    preprocess.check_jpeg(data, im.format, im.mode)
     return np.asarray(im.convert("RGB"))
 
 

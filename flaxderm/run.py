@@ -149,8 +149,12 @@ class Run:
     probabilities (K,); the mean over the members."""
     images = [_checked_image(image, i) for i, image in enumerate(images)]
     total: list[np.ndarray] | None = None
+    inputs: dict[str, list] = {}  # folds of a CV run share their preparation: done once
     for member in self.members:
-      prepared = [pipeline.model_input(image, member.data_cfg) for image in images]
+      key = member.data_cfg.to_json(sort_keys=True)
+      if key not in inputs:
+        inputs[key] = [pipeline.model_input(image, member.data_cfg) for image in images]
+      prepared = inputs[key]
       probs = []
       for start in range(0, len(prepared), self.batch_size):
         chunk = prepared[start:start + self.batch_size]

@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import simplejpeg
 
 # Mean and std in [0, 1] pixel units, per preset name. Kept as plain data so that pretrained-weight
 # configs can pick the preset their weights were trained with by name.
@@ -57,6 +58,14 @@ def decode_image(value: Any, *, channels: int, name: str = "image") -> np.ndarra
     raise ValueError(f"feature {name!r}: expected uint8 (H, W, {channels}), got "
                      f"{array.dtype} {array.shape}")
   return array
+
+
+def check_jpeg(data: bytes, image_format: str | None, mode: str) -> None:
+  """ValueError when ``data`` is a JPEG (PIL's ``format`` and ``mode`` of it) that libjpeg-turbo
+  reports damaged: its warnings (e.g. "Corrupt JPEG data") count as errors, since PIL and OpenCV
+  decode damaged entropy-coded data into garbage pixels without complaint. Other files pass."""
+  if image_format == "JPEG" and mode in ("RGB", "L"):  # the modes libjpeg-turbo decodes to RGB
+    simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
 
 
 # ----------------------------------------------------------------------------------------------

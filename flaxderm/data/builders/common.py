@@ -36,8 +36,9 @@ import cv2
 from etils import epath
 import numpy as np
 from PIL import Image
-import simplejpeg
 import tensorflow_datasets as tfds
+
+from flaxderm.data import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -458,25 +459,23 @@ def read_image(path: Path, *, max_size: int, encoding: str
 
   A JPEG that needs no resizing is stored as it is (no second lossy encoding); large JPEGs are
   decoded at a reduced scale directly (PIL draft mode), which is what keeps downscaling fast.
-  JPEGs are first decoded strictly (libjpeg warnings such as "Corrupt JPEG data" are errors):
-  PIL and OpenCV decode damaged entropy-coded data into garbage pixels without complaint.
+  JPEGs are also decoded strictly (``preprocess.check_jpeg``), so damaged data is reported.
   """
   try:
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as im:
       original = im.size
       stored = scaled_size(original, max_size)
-      strict = im.format == "JPEG" and im.mode in ("RGB", "L")  # modes libjpeg-turbo makes RGB
+      opened_as = (im.format, im.mode)  # draft() below may change the mode
       if (encoding == "jpeg" and im.format == "JPEG" and im.mode == "RGB" and stored == original
           and im.getexif().get(_EXIF_ORIENTATION, 1) == 1):
         im.load()  # decodes everything: a truncated file fails here
-        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        preprocess.check_jpeg(data, *opened_as)
         return data, original, stored
       if stored != original:
         im.draft("RGB", stored)
       rgb = np.asarray(im.convert("RGB"))
-      if strict:
-        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+      preprocess.check_jpeg(data, *opened_as)
   # PIL reports broken files with many exception types (OSError, SyntaxError, struct.error, ...).
   except Exception as e:  # pylint: disable=broad-except
     raise BadExample(path, f"cannot decode image ({type(e).__name__}: {e})") from e

@@ -1,7 +1,9 @@
 """Shared test fixtures: the real-data folder and marker handling."""
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,34 @@ def shared_data() -> Path:
   if path is None:
     pytest.skip("../shared/data is absent")
   return path
+
+
+@pytest.fixture(scope="module")
+def private_data_dir(tmp_path_factory):
+  """A private TFDS folder ($FLAXDERM_DATA_DIR) for one test module, so parallel test workers
+  never prepare into the same one; modules take it with ``pytest.mark.usefixtures``."""
+  previous = os.environ.get("FLAXDERM_DATA_DIR")
+  os.environ["FLAXDERM_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+  yield os.environ["FLAXDERM_DATA_DIR"]
+  if previous is None:
+    del os.environ["FLAXDERM_DATA_DIR"]
+  else:
+    os.environ["FLAXDERM_DATA_DIR"] = previous
+
+
+@pytest.fixture
+def import_source(tmp_path):
+  """``load(name, source)``: writes ``source`` as ``tmp_path/name.py`` and imports it (configs
+  that a test's subprocesses import too)."""
+  def load(name: str, source: str):
+    (tmp_path / f"{name}.py").write_text(source)
+    sys.modules.pop(name, None)  # another test's copy
+    sys.path.insert(0, str(tmp_path))
+    try:
+      return importlib.import_module(name)
+    finally:
+      sys.path.remove(str(tmp_path))
+  return load
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,7 +3,6 @@ output on the same input; model cards; a model a format cannot express names its
 from __future__ import annotations
 
 import json
-import os
 
 import flax.linen as nn
 import jax
@@ -17,19 +16,8 @@ from flaxderm import run as run_lib
 from flaxderm.train import config as config_lib
 from flaxderm.train import loop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_data_dir")]
 SIZE = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prepared_data_dir(tmp_path_factory):
-  previous = os.environ.get("FLAXDERM_DATA_DIR")
-  os.environ["FLAXDERM_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
-  yield
-  if previous is None:
-    del os.environ["FLAXDERM_DATA_DIR"]
-  else:
-    os.environ["FLAXDERM_DATA_DIR"] = previous
 
 
 def _config(model: str, kwargs: dict, task: str) -> ml_collections.ConfigDict:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -26,15 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prepared_data_dir(tmp_path_factory):
-  previous = os.environ.get("FLAXDERM_DATA_DIR")
-  os.environ["FLAXDERM_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
-  yield
-  if previous is None:
-    del os.environ["FLAXDERM_DATA_DIR"]
-  else:
-    os.environ["FLAXDERM_DATA_DIR"] = previous
+pytestmark = pytest.mark.usefixtures("private_data_dir")
 
 
 def tiny_config(**changes) -> ml_collections.ConfigDict:
@@ -184,6 +175,9 @@ def test_predict_command_writes_isic_masks_overlays_and_probabilities(segmentati
   write_image(inputs / "case_b.png", 33, 33, seed=1)
   write_image(tmp_path / "loose.bmp", 20, 50, seed=2)
   (inputs / "broken.jpg").write_bytes(b"not an image")
+  damaged = bytearray(write_image(inputs / "damaged.jpg", 30, 40, seed=3).read_bytes())
+  damaged[len(damaged) // 2:len(damaged) // 2 + 16] = bytes(16)  # PIL still decodes it
+  (inputs / "damaged.jpg").write_bytes(bytes(damaged))
   out = tmp_path / "out"
   argv = ["predict", "--workdir", str(segmentation_run), "--out", str(out), str(inputs),
           str(tmp_path / "*.bmp"), "--save-probabilities", "--largest-component", "--fill-holes",
@@ -201,6 +195,7 @@ def test_predict_command_writes_isic_masks_overlays_and_probabilities(segmentati
     assert overlay.shape == (*shape, 3)
   skipped = (out / predict_lib.SKIPPED).read_text()
   assert "broken.jpg" in skipped and "cannot read image" in skipped
+  assert "damaged.jpg" in skipped and "Corrupt JPEG data" in skipped
 
   # Never overwritten silently; --overwrite replaces.
   assert launch.main(argv) == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import types
 
 import flax.linen as nn
@@ -32,16 +31,7 @@ from flaxderm.train.state import create_train_state
 SEGMENTATION = setup.RunInfo("segmentation", ("background", "lesion"), 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prepared_data_dir(tmp_path_factory):
-  """A private TFDS folder, so parallel test workers never prepare into the same one."""
-  previous = os.environ.get("FLAXDERM_DATA_DIR")
-  os.environ["FLAXDERM_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
-  yield os.environ["FLAXDERM_DATA_DIR"]
-  if previous is None:
-    del os.environ["FLAXDERM_DATA_DIR"]
-  else:
-    os.environ["FLAXDERM_DATA_DIR"] = previous
+pytestmark = pytest.mark.usefixtures("private_data_dir")
 
 
 def tiny_config(**changes) -> ml_collections.ConfigDict:

@@ -74,16 +74,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _load_config(tmp_path: Path):
-  (tmp_path / "tiny_parallel_config.py").write_text(CONFIG)
-  sys.path.insert(0, str(tmp_path))
-  try:
-    import tiny_parallel_config  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(tmp_path))
-  return tiny_parallel_config.tiny_config
-
-
 def _flat(state) -> dict[str, np.ndarray]:
   leaves = jax.tree_util.tree_flatten_with_path(jax.device_get((state.params, state.batch_stats)))
   return {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v) for p, v in leaves[0]}
@@ -122,8 +112,8 @@ def data_dir(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp("tfds"))
 
 
-def test_eight_devices_auto_and_pmap_equal_one_device(tmp_path, data_dir):
-  tiny_config = _load_config(tmp_path)
+def test_eight_devices_auto_and_pmap_equal_one_device(tmp_path, data_dir, import_source):
+  tiny_config = import_source("tiny_parallel_config", CONFIG).tiny_config
   pipeline.dataset_info(tiny_config(data_dir).data)
   script = CONFIG + DUMP + textwrap.dedent(f"""
       import sys
@@ -154,8 +144,8 @@ def test_eight_devices_auto_and_pmap_equal_one_device(tmp_path, data_dir):
   _assert_close(_flat(stayed["state"]), _flat(moved["state"]), "8 devices -> 1 device")
 
 
-def test_two_processes_train_together_like_one(tmp_path, data_dir):
-  tiny_config = _load_config(tmp_path)
+def test_two_processes_train_together_like_one(tmp_path, data_dir, import_source):
+  tiny_config = import_source("tiny_parallel_config", CONFIG).tiny_config
   pipeline.dataset_info(tiny_config(data_dir).data)
   port = _free_port()
   script = CONFIG + DUMP + textwrap.dedent(f"""

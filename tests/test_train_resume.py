@@ -59,15 +59,9 @@ def _flat(state) -> dict[str, np.ndarray]:
   return {jax.tree_util.keystr(path): np.asarray(v) for path, v in leaves}
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
-  (tmp_path / "tiny_resume_config.py").write_text(CONFIG)
-  sys.path.insert(0, str(tmp_path))
-  try:
-    import tiny_resume_config  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(tmp_path))
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, import_source):
   data_dir = str(tmp_path / "tfds")
-  cfg = tiny_resume_config.tiny_config(data_dir)
+  cfg = import_source("tiny_resume_config", CONFIG).tiny_config(data_dir)
   pipeline.dataset_info(cfg.data)  # prepared once, before the subprocess reads it
 
   killed_dir = tmp_path / "killed"
@@ -109,18 +103,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
   assert resumed["validation"] == pytest.approx(uninterrupted["validation"], rel=1e-5)
 
 
-def _tiny_config(tmp_path: Path):
-  (tmp_path / "tiny_resume_config.py").write_text(CONFIG)
-  sys.path.insert(0, str(tmp_path))
-  try:
-    import tiny_resume_config  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(tmp_path))
-  return tiny_resume_config.tiny_config(str(tmp_path / "tfds"))
-
-
-def test_sigkill_during_the_first_checkpoint_write_then_resume_starts_cleanly(tmp_path):
-  cfg = _tiny_config(tmp_path)
+def test_sigkill_during_the_first_checkpoint_write_then_resume_starts_cleanly(tmp_path,
+                                                                               import_source):
+  cfg = import_source("tiny_resume_config", CONFIG).tiny_config(str(tmp_path / "tfds"))
   pipeline.dataset_info(cfg.data)
   workdir = tmp_path / "run"
   script = tmp_path / "die_while_saving.py"

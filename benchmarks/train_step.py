@@ -73,12 +73,18 @@ SPECS = {s.name: s for s in [
     Spec("sepdilated_codec", 128, (2, 8), 1, {}, None,
          "no PyTorch equivalent written (paper 004's codec has no public implementation)"),
     # Batch 2, not 1: PyTorch's BatchNorm refuses the ASPP image-pooling branch's 1x1 map at batch 1.
-    Spec("deeplabv3plus", 224, (2, 4), 1, dict(encoder_name="resnet50"), "torch_deeplab"),
+    Spec("deeplabv3plus", 224, (2, 4), 1, dict(encoder_name="resnet50"), "torch_smp"),
+    Spec("unetplusplus", 224, (2, 4), 1, dict(encoder_name="resnet34"), "torch_smp"),
+    Spec("fpn", 224, (2, 4), 1, dict(encoder_name="resnet34"), "torch_smp"),
+    Spec("transunet", 224, (2, 4), 1, dict(encoder_name="vit_base", img_size=224), None,
+         "no PyTorch twin (smp has no TransUNet, and flaxderm's is the pure-ViT form with its own "
+         "neck, see transunet.py)"),
     Spec("resnet50", 224, (1, 4), 1000, {}, "torch_timm"),
     Spec("efficientnet_lite0", 224, (4, 16), 1000, {}, "torch_timm"),
     Spec("vit_small", 224, (1, 4), 1000, {}, "torch_timm"),
     Spec("swin_tiny", 224, (1, 4), 1000, {}, "torch_timm"),
 ]}
+SMP_CLASSES = {"deeplabv3plus": "DeepLabV3Plus", "unetplusplus": "UnetPlusPlus", "fpn": "FPN"}
 TIMM_NAMES = {"resnet50": "resnet50", "efficientnet_lite0": "tf_efficientnet_lite0", "vit_small": "vit_small_patch16_224",
               "swin_tiny": "swin_tiny_patch4_window7_224"}
 
@@ -253,10 +259,12 @@ def torch_unet(torch, spec: Spec):
   return UNet()
 
 
-def torch_deeplab(torch, spec: Spec):
+def torch_smp(torch, spec: Spec):
+  """smp's model of the same name on the same encoder, smp's defaults otherwise (flaxderm's
+  defaults are smp's; deeplab.py lists where its DeepLabV3+ differs)."""
   import segmentation_models_pytorch as smp
-  return smp.DeepLabV3Plus(encoder_name="resnet50", encoder_weights=None,
-                           classes=spec.num_classes)
+  return getattr(smp, SMP_CLASSES[spec.name])(encoder_name=spec.flax_kwargs["encoder_name"],
+                                               encoder_weights=None, classes=spec.num_classes)
 
 
 def torch_timm(torch, spec: Spec):
@@ -310,7 +318,7 @@ def parse_args(argv=None):
                  + ", ".join(SPECS))
   p.add_argument("--batch-sizes", default=None,
                  help="comma-separated batch sizes for every model (default: per model, "
-                      "2,8 at 128 px, 1,4 at 224 px, 2,4 for deeplabv3plus)")
+                      "2,8 at 128 px, 1,4 at 224 px, 2,4 for the encoder-decoders)")
   p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
   p.add_argument("--quick", action="store_true",

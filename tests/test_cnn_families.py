@@ -25,6 +25,8 @@ PARAM_COUNTS = {
     "resnet152": 60_192_808,
     "efficientnet_b0": 5_288_548,
     "efficientnet_lite0": 4_652_008,
+    "efficientnet_lite1": 5_416_680,
+    "efficientnet_lite2": 6_092_072,
     "mobilenet_v2": 3_504_872,
 }
 FEATURE_CHANNELS = {
@@ -32,6 +34,7 @@ FEATURE_CHANNELS = {
     "resnet50": (64, 256, 512, 1024, 2048),
     "efficientnet_b0": (16, 24, 40, 112, 320),
     "efficientnet_lite0": (16, 24, 40, 112, 320),
+    "efficientnet_lite2": (16, 24, 48, 120, 352),
     "mobilenet_v2": (16, 24, 32, 96, 1280),
 }
 HEADS = {"resnet": "fc", "efficientnet": "classifier", "mobilenet": "classifier"}
@@ -164,9 +167,11 @@ def test_bad_input_raises_with_model_name(name):
   init = lambda x: model.init(jax.random.key(0), x)
   with pytest.raises(ValueError, match=rf"{name}: expected 3 input channels.*got 4"):
     jax.eval_shape(init, jnp.zeros((1, 64, 64, 4)))
+  assert jax.eval_shape(lambda x: model.apply(init(x), x), jnp.zeros((1, 48, 48, 3))).shape == (1, 2)
   with pytest.raises(ValueError, match=rf"{name}: input 48x48 is not divisible by the encoder "
                                        "stride 32"):
-    jax.eval_shape(init, jnp.zeros((1, 48, 48, 3)))
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, features_only=True),
+                   jnp.zeros((1, 48, 48, 3)))
   with pytest.raises(ValueError, match=rf"{name}: output_stride must be one of"):
     jax.eval_shape(lambda x: create_model(name, num_classes=2, output_stride=4).init(
         jax.random.key(0), x), jnp.zeros((1, 64, 64, 3)))

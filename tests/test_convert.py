@@ -18,7 +18,7 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from flaxderm.models import convert, create_model, list_models, model_entry, pretrained
+from flaxderm.models import convert, create_model, list_models, model_entry, naming, pretrained
 from flaxderm.models.efficientnet import Stage
 from flaxderm.models.vit import resample_position_embedding
 
@@ -74,16 +74,16 @@ def tiny_checkpoint(tmp_path_factory):
     ("segmentation_head", "segmentation_head"),
 ])
 def test_mechanical_names(torch_path, flax_path):
-  assert convert.mechanical_to_flax(torch_path) == flax_path
-  assert convert.mechanical_to_torch(flax_path) == torch_path
+  assert naming.mechanical_to_flax(torch_path) == flax_path
+  assert naming.mechanical_to_torch(flax_path) == torch_path
 
 
 def test_templates_read_and_write_offsets():
-  t = convert.Template("decoder.aspp.0.convs.{k+1}.0")
+  t = naming.Template("decoder.aspp.0.convs.{k+1}.0")
   assert t.match("decoder.aspp.0.convs.3.0") == {"k": 2}
   assert t.match("decoder.aspp.0.convs.3.1") is None
   assert t.format({"k": 0}) == "decoder.aspp.0.convs.1.0"
-  rules = convert.family_rules("deeplab")
+  rules = naming.family_rules("deeplab")
   assert rules.to_torch("aspp/branch_rate1/pointwise/norm/bn") == "decoder.aspp.0.convs.2.1"
   assert rules.to_torch("aspp/branch_rate1/norm/bn") == "decoder.aspp.0.convs.2.1"
   # The same torch name reaches both flax layouts; the model's own tree picks one.

@@ -31,10 +31,15 @@ def _apply(model, variables, x, train, **kwargs):
   return out[0] if train else out
 
 
+def _size(name):
+  """SIZE, or the entry's ``min_input_size`` where its classifier needs more (Inception-v3)."""
+  return max(SIZE, model_entry(name).min_input_size or 0)
+
+
 def _expected_shape(name, batch):
   if model_entry(name).task == "classification":
     return (batch, NUM_CLASSES)
-  return (batch, SIZE, SIZE, NUM_CLASSES)
+  return (batch, _size(name), _size(name), NUM_CLASSES)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -42,7 +47,7 @@ def _expected_shape(name, batch):
 def test_model_traces_train_and_eval(name, dtype):
   """Every entry, traced (no compilation): shapes, compute dtype, f32 params, a gradient per param."""
   model = create_model(name, num_classes=NUM_CLASSES, dtype=dtype)
-  x = jnp.zeros((2, SIZE, SIZE, 3))
+  x = jnp.zeros((2, _size(name), _size(name), 3))
   variables = jax.eval_shape(functools.partial(_init, model), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
   out = jax.eval_shape(lambda v, x: _apply(model, v, x, False), variables, x)
@@ -57,24 +62,44 @@ def test_model_traces_train_and_eval(name, dtype):
 
 
 # Compiling and running every variant costs minutes per large model on a 2-core CPU; the variants
-# of a family share their code, so the smallest of each family is run for real numbers.
-SMALLEST_PER_FAMILY = {
-    "resnet": "resnet18", "efficientnet": "efficientnet_b0", "mobilenet": "mobilenet_v2",
-    "vit": "vit_tiny", "swin": "swin_tiny", "unet": "unet", "deeplab": "deeplabv3plus",
-    "codec": "sepdilated_codec",
+# of a family share their code, so one per family is run for real numbers, narrowed where the
+# family has width options (same code path, a fraction of the compile and run time). Decoders run
+# on a one-block-per-stage resnet18.
+TINY_ENCODER = {"encoder_name": "resnet18", "encoder_kwargs": {"depths": (1, 1, 1, 1)}}
+RUN_PER_FAMILY = {
+    "resnet": ("resnet18", {}), "efficientnet": ("efficientnet_b0", {}),
+    "mobilenet": ("mobilenet_v2", {}), "vit": ("vit_tiny", {}), "swin": ("swin_tiny", {}),
+    "densenet": ("densenet121", {"depths": (1, 2, 2, 1), "growth_rate": 8}),
+    "vgg": ("vgg16", {"mlp_ratio": 1 / 64}),
+    "inception": ("inception_v3", {}), "xception": ("xception", {}),
+    "unet": ("unet", {"base_width": 16}), "deeplab": ("deeplabv3plus", TINY_ENCODER),
+    "codec": ("sepdilated_codec", {}),
+    "unetplusplus": ("unetplusplus", {**TINY_ENCODER, "decoder_channels": (64, 32, 16, 8, 8)}),
+    "linknet": ("linknet", TINY_ENCODER),
+    "manet": ("manet", {**TINY_ENCODER, "decoder_channels": (64, 32, 16, 8, 8),
+                        "decoder_pab_channels": 16}),
+    "fpn": ("fpn", {**TINY_ENCODER, "pyramid_channels": 32, "segmentation_channels": 16}),
+    "pspnet": ("pspnet", {**TINY_ENCODER, "psp_out_channels": 32}),
+    "pan": ("pan", {**TINY_ENCODER, "decoder_channels": 16}),
+    "upernet": ("upernet", {**TINY_ENCODER, "decoder_channels": 32}),
+    "attention_unet": ("attention_unet", {"base_width": 16}),
+    "segnet": ("segnet", {"base_width": 8}),
+    "fcn": ("fcn8s", TINY_ENCODER),
+    "transunet": ("transunet", {"encoder_name": "vit_tiny", "img_size": 64}),
 }
 
 
 def test_every_family_is_run_for_real():
   families = {model_entry(n).family for n in list_models()}
-  assert families == set(SMALLEST_PER_FAMILY), families ^ set(SMALLEST_PER_FAMILY)
+  assert families == set(RUN_PER_FAMILY), families ^ set(RUN_PER_FAMILY)
 
 
-@pytest.mark.parametrize("name", sorted(SMALLEST_PER_FAMILY.values()))
+@pytest.mark.parametrize("name,options", sorted(RUN_PER_FAMILY.values()),
+                         ids=sorted(n for n, _ in RUN_PER_FAMILY.values()))
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_model_runs_with_finite_gradients(name, dtype):
-  model = create_model(name, num_classes=NUM_CLASSES, dtype=dtype)
-  x = jax.random.normal(_key(3), (2, SIZE, SIZE, 3))
+def test_model_runs_with_finite_gradients(name, options, dtype):
+  model = create_model(name, num_classes=NUM_CLASSES, dtype=dtype, **options)
+  x = jax.random.normal(_key(3), (2, _size(name), _size(name), 3))
   variables = jax.jit(functools.partial(_init, model))(x)
   eval_out = jax.jit(lambda v, x: _apply(model, v, x, False))(variables, x)
   assert eval_out.shape == _expected_shape(name, 2)
@@ -95,7 +120,8 @@ def test_model_runs_with_finite_gradients(name, dtype):
 def test_encoder_contract(name):
   model = create_model(name, num_classes=0)
   x = jnp.zeros((1, SIZE, SIZE, 3))
-  variables = jax.eval_shape(functools.partial(_init, model), x)
+  variables = jax.eval_shape(functools.partial(_init, model),
+                             jnp.zeros((1, _size(name), _size(name), 3)))
   feats = jax.eval_shape(lambda v, x: model.apply(v, x, features_only=True), variables, x)
   assert len(feats) == 5
   assert tuple(f.shape[-1] for f in feats) == tuple(model.feature_channels)
@@ -125,8 +151,11 @@ def test_bad_input_names_model_and_shape(name):
   named = rf"(?i)({name}|{type(model).__name__})"
   with pytest.raises(ValueError, match=rf"{named}.*channels.*\b4\b"):
     jax.eval_shape(functools.partial(_init, model), jnp.zeros((1, SIZE, SIZE, 4)))
+  # Classifiers take any size (as timm's); their encoder maps need exact strides.
+  encoder = {"features_only": True} if model_entry(name).task == "classification" else {}
   with pytest.raises(ValueError, match=rf"{named}.*\b50x50\b"):
-    jax.eval_shape(functools.partial(_init, model), jnp.zeros((1, 50, 50, 3)))
+    jax.eval_shape(lambda x: model.init({"params": _key(0), "dropout": _key(1)}, x, train=False,
+                                        **encoder), jnp.zeros((1, 50, 50, 3)))
 
 
 def test_registry_lists_every_family():

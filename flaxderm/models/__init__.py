@@ -18,7 +18,10 @@ per-pixel logits ``(N, H, W, num_classes)`` at the input size.
 from flaxderm.models.registry import ModelEntry, create_model, list_models, model_entry, register_model
 
 # Importing a family registers its variants.
-from flaxderm.models import resnet, efficientnet, mobilenet, vit, swin  # noqa: E402,F401  classification
-from flaxderm.models import unet, deeplab, codec  # noqa: E402,F401  segmentation
+from flaxderm.models import (  # noqa: E402,F401  classification
+    resnet, efficientnet, mobilenet, vit, swin, densenet, vgg, inception, xception)
+from flaxderm.models import (  # noqa: E402,F401  segmentation
+    unet, unetplusplus, linknet, manet, fpn, pspnet, pan, upernet, deeplab, attention_unet, segnet,
+    fcn, transunet, codec)
 
 __all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model"]

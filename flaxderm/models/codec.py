@@ -51,8 +51,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.unet import HEAD_INIT, check_segmentation_input, hashable_options
+from flaxderm.models.segmentation import HEAD_INIT, check_segmentation_input, hashable_options
 
 Dtype = Any
 
@@ -108,3 +109,7 @@ class SepDilatedCodec(nn.Module):
 def sepdilated_codec(*, num_classes: int, **options) -> SepDilatedCodec:
   """Paper 004's separable-conv + dilated-pyramid encoder-decoder; ~3x fewer params than a U-Net."""
   return SepDilatedCodec(num_classes=num_classes, **hashable_options(options))
+
+
+# No PyTorch counterpart; the mechanical names still give a faithful state dict export.
+register_rules("codec", NameRules())

@@ -37,15 +37,16 @@ Pipeline, ``torch -> flax``:
 ``num_batches_tracked`` zeros so ``torch.nn.Module.load_state_dict(strict=True)`` accepts it);
 ``from_state_dict(to_state_dict(v, m), m)`` reproduces ``v`` exactly.
 
-Segmentation models (``unet``, ``deeplabv3plus`` with ``encoder_name``) use smp's names:
-``encoder.*`` is the encoder family's mapping under ``params["encoder"]``, the decoder has its own
-table. flaxderm's DeepLabV3+ uses the Xception separable conv (BN + ReLU between the depthwise and
+The name tables live beside each family (``naming.register_rules`` at the bottom of its file).
+Segmentation models on an encoder (smp's decoders: ``unet``, ``unetplusplus``, ``linknet``,
+``manet``, ``fpn``, ``pspnet``, ``pan``, ``upernet``, ``deeplabv3``, ``deeplabv3plus``) use smp's
+names: ``encoder.*`` is the encoder family's mapping under ``params["encoder"]``, the decoder has its
+own table; models without a PyTorch twin export mechanical names. flaxderm's DeepLabV3+ uses the Xception separable conv (BN + ReLU between the depthwise and
 pointwise convs); smp has no such BN, so that one is named ``<separable>.depthwise_bn`` here.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pickle
 import re
@@ -59,11 +60,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from flaxderm.models import naming
+from flaxderm.models.naming import FlaxPath, NameRules, family_rules, flax_path, under
 from flaxderm.models.registry import model_entry
 
 StateDict = dict[str, np.ndarray]
 Variables = dict[str, Any]
-FlaxPath = tuple[str, ...]  # module path, without collection and leaf
 MAX_LISTED = 8  # keys named per category in an error
 
 
@@ -152,210 +154,6 @@ def _as_numpy(value: Any) -> np.ndarray:
       value = value.float()
     value = value.numpy()
   return np.asarray(value)
-
-
-# ------------------------------------------------------------------------------------------------
-# Bidirectional name templates.
-# ------------------------------------------------------------------------------------------------
-_FIELD = re.compile(r"\{(\w+)([+-]\d+)?\}")
-
-
-class Template:
-  """A module path with integer fields, e.g. ``"decoder.blocks.{i}.conv{j}.0"``; ``{k+1}`` stores
-  ``k`` but reads and writes ``k + 1`` (torchvision's stage 1 is timm's stage 0)."""
-
-  def __init__(self, text: str):
-    self.text = text
-    pattern, pos, seen = [], 0, set()
-    for m in _FIELD.finditer(text):
-      pattern.append(re.escape(text[pos:m.start()]))
-      name = m.group(1)
-      pattern.append(f"(?P={name})" if name in seen else f"(?P<{name}>\\d+)")
-      seen.add(name)
-      pos = m.end()
-    pattern.append(re.escape(text[pos:]))
-    self._regex = re.compile("".join(pattern))
-    self._offsets = {m.group(1): int(m.group(2) or 0) for m in _FIELD.finditer(text)}
-
-  def match(self, path: str) -> dict[str, int] | None:
-    m = self._regex.fullmatch(path)
-    if m is None:
-      return None
-    return {k: int(v) - self._offsets[k] for k, v in m.groupdict().items()}
-
-  def format(self, values: Mapping[str, int]) -> str:
-    return _FIELD.sub(lambda m: str(values[m.group(1)] + int(m.group(2) or 0)), self.text)
-
-
-def _translate(path: str, rules: Iterable[tuple[Template, Template]]) -> list[str]:
-  """All translations of ``path`` by the rules (source side first), in rule order."""
-  out = []
-  for src, dst in rules:
-    values = src.match(path)
-    if values is not None:
-      out.append(dst.format(values))
-  return out
-
-
-def _compile(rules: Iterable[tuple[str, str]]) -> tuple[tuple[Template, Template], ...]:
-  return tuple((Template(a), Template(b)) for a, b in rules)
-
-
-def mechanical_to_flax(torch_path: str) -> str:
-  """``blocks.3.attn.qkv`` -> ``blocks_3/attn/qkv``: numeric parts join their parent with ``_``."""
-  out: list[str] = []
-  for part in torch_path.split("."):
-    if part.isdigit() and out:
-      out[-1] += f"_{part}"
-    else:
-      out.append(part)
-  return "/".join(out)
-
-
-def _flax_path(text: str) -> FlaxPath:
-  return tuple(text.split("/")) if text else ()
-
-
-def mechanical_to_torch(flax_path: str) -> str:
-  """Inverse of ``mechanical_to_flax``: ``layer1_0/conv1`` -> ``layer1.0.conv1``."""
-  parts = []
-  for seg in flax_path.split("/"):
-    m = re.fullmatch(r"(.*?)((?:_\d+)*)", seg)
-    parts.append(".".join([m.group(1)] + [d for d in m.group(2).split("_") if d]))
-  return ".".join(parts)
-
-
-# ------------------------------------------------------------------------------------------------
-# Per-family naming.
-# ------------------------------------------------------------------------------------------------
-# ``layers.Norm`` puts the norm one level down (``bn1`` -> ``bn1/bn``); a torch norm module maps
-# to the flax path itself (a bare ``nn.BatchNorm``) or to one of these children.
-NORM_CHILDREN = ("bn", "gn")
-
-
-@dataclasses.dataclass(frozen=True)
-class NameRules:
-  """How one family's timm module paths map to its flax module paths.
-
-  Attributes:
-    rules: ``(timm template, flax template)`` pairs, tried in order before the mechanical rule.
-    head: timm module paths of the classifier head (not in encoders; resized or dropped when
-      ``num_classes`` differs from the checkpoint's).
-    unused: templates of module paths the flax model may lack because they do not affect its
-      output there, dropped when it does (EfficientNet's ``conv_head`` in an encoder; the
-      attention smp creates, but never calls, in the last U-Net block, which has no skip).
-    derived: regex of checkpoint keys that are derived constants (buffers), dropped on import.
-  """
-  rules: tuple[tuple[str, str], ...] = ()
-  head: tuple[str, ...] = ()
-  unused: tuple[str, ...] = ()
-  derived: str | None = None
-
-  @functools.cached_property
-  def compiled(self) -> tuple[tuple[Template, Template], ...]:
-    return _compile(self.rules)
-
-  @functools.cached_property
-  def _reverse(self) -> tuple[tuple[Template, Template], ...]:
-    return tuple((b, a) for a, b in self.compiled)
-
-  @functools.cached_property
-  def _unused(self) -> tuple[Template, ...]:
-    return tuple(Template(t) for t in self.unused)
-
-  def to_flax(self, torch_path: str) -> list[str]:
-    """Candidate flax module paths, best first; the caller takes the first the model has."""
-    mech = mechanical_to_flax(torch_path)
-    return (_translate(torch_path, self.compiled) + [mech]
-            + [f"{mech}/{c}" if mech else c for c in NORM_CHILDREN])
-
-  def to_torch(self, flax_path: str) -> str:
-    found = _translate(flax_path, self._reverse)
-    if found:
-      return found[0]
-    parts = flax_path.split("/")
-    if len(parts) > 1 and parts[-1] in NORM_CHILDREN:
-      parts = parts[:-1]
-    return mechanical_to_torch("/".join(parts))
-
-  @property
-  def flax_head(self) -> tuple[FlaxPath, ...]:
-    return tuple(_flax_path(self.to_flax(h)[0]) for h in self.head)
-
-  def is_head(self, torch_path: str) -> bool:
-    return _under(torch_path, self.head)
-
-  def is_unused(self, torch_path: str) -> bool:
-    parts = torch_path.split(".")
-    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return any(t.match(p) is not None for t in self._unused for p in prefixes)
-
-
-def _under(torch_path: str, prefixes: Iterable[str]) -> bool:
-  return any(torch_path == p or torch_path.startswith(p + ".") for p in prefixes)
-
-
-def _conv_norm(torch_tmpl: str, flax_tmpl: str, conv: str = "0", norm: str = "1"):
-  """A torch ``Sequential(conv, BatchNorm, act)`` <-> ``layers.ConvNormAct`` (conv, norm/bn)."""
-  return ((f"{torch_tmpl}.{conv}", f"{flax_tmpl}/conv"),
-          (f"{torch_tmpl}.{norm}", f"{flax_tmpl}/norm/bn"))
-
-
-def _separable(torch_tmpl: str, flax_tmpl: str, norm: str):
-  """smp's ``SeparableConv2d`` (``.0`` depthwise, ``.1`` pointwise) followed by the BatchNorm at
-  ``norm`` <-> ``layers.SeparableConv``; its extra depthwise BN is ``<separable>.depthwise_bn``."""
-  return ((f"{torch_tmpl}.0", f"{flax_tmpl}/depthwise/conv"),
-          (f"{torch_tmpl}.depthwise_bn", f"{flax_tmpl}/depthwise/norm/bn"),
-          (f"{torch_tmpl}.1", f"{flax_tmpl}/pointwise/conv"),
-          (norm, f"{flax_tmpl}/pointwise/norm/bn"))
-
-
-# smp's per-pixel and auxiliary heads: re-initialised when the number of classes changes.
-SEGMENTATION_HEADS = ("segmentation_head", "classification_head")
-_TIMM_SE = (("blocks.{i}.{j}.se.conv_reduce", "blocks_{i}_{j}/se/reduce"),
-            ("blocks.{i}.{j}.se.conv_expand", "blocks_{i}_{j}/se/expand"))
-
-FAMILIES: dict[str, NameRules] = {
-    "resnet": NameRules(head=("fc",)),
-    "efficientnet": NameRules(rules=_TIMM_SE, head=("classifier",),
-                              unused=("conv_head", "bn2")),
-    "mobilenet": NameRules(rules=_TIMM_SE, head=("classifier",)),
-    "vit": NameRules(head=("head",)),
-    # No PyTorch counterpart; the mechanical names still give a faithful state dict export.
-    "codec": NameRules(),
-    "swin": NameRules(rules=(("head.fc", "head"),), head=("head.fc",),
-                      derived=r"(^|\.)(relative_position_index|attn_mask)$"),
-    "unet": NameRules(rules=(
-        *_conv_norm("decoder.blocks.{i}.conv{j}", "decoder_blocks_{i}/conv{j}"),
-        *((f"decoder.blocks.{{i}}.attention{{j}}.attention.{torch_name}",
-           f"decoder_blocks_{{i}}/attention{{j}}/{flax_name}")
-          for torch_name, flax_name in (("cSE.1", "cse_reduce"), ("cSE.3", "cse_expand"),
-                                        ("sSE.0", "sse"))),
-        ("segmentation_head.0", "segmentation_head"),
-        ("classification_head.3", "classification_head/fc"),
-    ), head=SEGMENTATION_HEADS, unused=("decoder.blocks.4.attention1",)),
-    "deeplab": NameRules(rules=(
-        *_conv_norm("decoder.aspp.0.convs.0", "aspp/branch_1x1"),
-        *_conv_norm("decoder.aspp.0.convs.{k+1}", "aspp/branch_rate{k}"),
-        *_separable("decoder.aspp.0.convs.{k+1}.0", "aspp/branch_rate{k}",
-                    norm="decoder.aspp.0.convs.{k+1}.1"),
-        *_conv_norm("decoder.aspp.0.convs.4", "aspp/image_pool", conv="1", norm="2"),
-        *_conv_norm("decoder.aspp.0.project", "aspp/project"),
-        *_separable("decoder.aspp.1", "aspp_conv", norm="decoder.aspp.2"),
-        *_conv_norm("decoder.block1", "block1"),
-        *_separable("decoder.block2.0", "block2", norm="decoder.block2.1"),
-        ("segmentation_head.0", "segmentation_head"),
-        ("classification_head.3", "classification_head/fc"),
-    ), head=SEGMENTATION_HEADS),
-}
-SEGMENTATION_FAMILIES = ("unet", "deeplab")
-
-
-def family_rules(family: str) -> NameRules:
-  if family not in FAMILIES:
-    raise ValueError(f"no PyTorch name mapping for model family {family!r}; families with one: "
-                     f"{sorted(FAMILIES)}")
-  return FAMILIES[family]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -576,7 +374,7 @@ def model_naming(model: nn.Module, arch: str | None = None) -> ModelNaming:
   segmentation model, its class). Segmentation models: the encoder's family under ``encoder``
   (checkpoint prefix ``encoder.``) and the decoder's own table for the rest."""
   family = _family(model, arch)
-  if family in SEGMENTATION_FAMILIES:
+  if naming.is_segmentation_family(family):
     encoder_name = getattr(model, "encoder_name", None)
     parts = [((), "", family_rules(family))]
     if encoder_name is not None:
@@ -594,17 +392,16 @@ def _family(model: nn.Module, arch: str | None) -> str:
       return model_entry(name).family
     except ValueError:
       pass
-  by_class = {"UNet": "unet", "DeepLabV3Plus": "deeplab"}
-  if type(model).__name__ in by_class:
-    return by_class[type(model).__name__]
   raise ValueError(f"cannot tell the registered model of {type(model).__name__}; pass arch= "
                    f"(a name from flaxderm.models.list_models())")
 
 
 def _init_fn(model: nn.Module, input_size: int | None):
   """``rng -> variables``. Parameter shapes do not depend on the input size here (ViT's grid
-  comes from ``img_size``), so the default is the model's ``img_size`` when it has one, else 64."""
-  size = input_size or getattr(model, "img_size", None) or 64
+  comes from ``img_size``), so the default is the model's ``img_size`` when it has one, else 64,
+  or its ``min_input_size`` where that is larger (Inception-v3's unpadded convs)."""
+  fallback = max(64, getattr(model, "min_input_size", 0))
+  size = input_size or getattr(model, "img_size", None) or fallback
   x = jnp.zeros((1, size, size, getattr(model, "in_channels", 3)), jnp.float32)
   return lambda rng: _unfreeze(model.init({"params": rng, "dropout": rng}, x, train=False))
 
@@ -692,9 +489,9 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], model: nn.Module, *,
     if rules.derived and re.search(rules.derived, key):
       continue
     is_head = rules.is_head(local)
-    if _under(local, rules.head[:1]) and leaf == "bias" and value.ndim == 1:
+    if under(local, rules.head[:1]) and leaf == "bias" and value.ndim == 1:
       checkpoint_classes = int(value.shape[0])
-    candidates = [flax_prefix + _flax_path(p) for p in rules.to_flax(local)]
+    candidates = [flax_prefix + flax_path(p) for p in rules.to_flax(local)]
     where = next((c for c in candidates if c in tree_modules), None)
     if where is None:
       if (is_head and partial) or rules.is_unused(local):
@@ -839,7 +636,9 @@ def to_state_dict(variables: Mapping[str, Any], model: nn.Module, *, arch: str |
       continue
     flax_prefix, prefix, rules = next(p for p in naming.parts
                                       if tuple(module[:len(p[0])]) == p[0])
-    torch_module = prefix + rules.to_torch("/".join(module[len(flax_prefix):]))
+    # A leaf at the part's root (a ViT encoder's cls_token) sits on the prefix itself.
+    torch_module = ".".join(filter(None, (prefix.rstrip("."),
+                                          rules.to_torch("/".join(module[len(flax_prefix):])))))
     torch_leaf = _TO_TORCH_LEAF.get((collection, leaf), leaf)
     key = f"{torch_module}.{torch_leaf}" if torch_module else torch_leaf
     if key in out:

@@ -1,4 +1,4 @@
-"""EfficientNet (Tan & Le 2019) in timm's layout: ``efficientnet_b0`` and ``efficientnet_lite0``.
+"""EfficientNet (Tan & Le 2019) in timm's layout: ``efficientnet_b0`` and ``efficientnet_lite0/1/2``.
 
 Both are a stem conv (3x3 stride 2, 32 channels), seven stages of blocks, a 1x1 ``conv_head`` to
 1280 channels, global average pooling, dropout and a linear ``classifier``. Stage 0 is timm's
@@ -12,6 +12,10 @@ stride 1 and width unchanged. ``InvertedResidual`` is shared with MobileNetV2 (m
 * ``efficientnet_lite0`` (timm ``tf_efficientnet_lite0``, 4,652,008 parameters): ReLU6, no SE,
   TensorFlow "SAME" padding (which pads the extra row/column at the bottom/right of strided convs,
   as the TF-trained weights expect), BatchNorm eps 1e-3.
+* ``efficientnet_lite1`` / ``efficientnet_lite2`` (timm ``tf_efficientnet_lite1/2``, 5,416,680 and
+  6,092,072 parameters): Lite0 compound-scaled by width 1.0 / 1.1 and depth 1.1 / 1.2
+  (``scaled_stages``); Lite keeps the stem, the head and the first and last stages' repeats fixed.
+  Their ImageNet checkpoints were trained at 240 and 260 px.
 
 Parameter names are timm's module paths with ``.N`` turned into ``_N`` and ``.`` into ``/`` and
 created in timm's order (conv_stem, bn1, blocks, conv_head, bn2, classifier; inside a block
@@ -33,12 +37,14 @@ getting ``rate * i / n`` (timm's EfficientNet rule).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 from flaxderm.models.resnet import FEATURE_STRIDES, ConvNet, conv2d, stage_dilations
 
@@ -64,6 +70,22 @@ EFFICIENTNET_B0 = (
     Stage(4, 5, 2, 6, 192),
     Stage(1, 3, 1, 6, 320),
 )
+
+
+def scaled_stages(stages: Sequence[Stage], *, width: float, depth: float,
+                  fix_first_last: bool = False) -> tuple[Stage, ...]:
+  """Compound scaling as timm's EfficientNet builder: channels times ``width`` rounded to a
+  multiple of 8 (never below 90% of the product), repeats times ``depth`` rounded up, except the
+  first and last stage with ``fix_first_last`` (the Lite models)."""
+  def channels(c: int) -> int:
+    rounded = max(8, int(c * width + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * c * width else rounded
+
+  last = len(stages) - 1
+  return tuple(stage._replace(
+      channels=channels(stage.channels),
+      repeats=stage.repeats if fix_first_last and i in (0, last) else
+      int(math.ceil(stage.repeats * depth))) for i, stage in enumerate(stages))
 
 
 class InvertedResidual(nn.Module):
@@ -149,7 +171,7 @@ class EfficientNet(ConvNet):
 
   @nn.compact
   def __call__(self, x, train: bool = False, features_only: bool = False):
-    self.check(x)
+    self.check(x, features_only)
     act = layers.activation(self.act)
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     use_bias = self.norm == "none"
@@ -190,10 +212,35 @@ def efficientnet_b0(*, num_classes: int, **options) -> EfficientNet:
   return EfficientNet(num_classes=num_classes, model_name="efficientnet_b0", **options)
 
 
+LITE = {"se_ratio": 0.0, "act": "relu6", "padding": "same", "norm_epsilon": 1e-3}
+
+
 @register_model(task="classification", family="efficientnet", default_input_size=224)
 def efficientnet_lite0(*, num_classes: int, **options) -> EfficientNet:
   """EfficientNet-Lite0 as timm's ``tf_efficientnet_lite0`` (ReLU6, no SE, TF SAME padding, BN eps
   1e-3); 4.7M parameters at 1000 classes. Its TF-trained weights expect inputs in [-1, 1]."""
   return EfficientNet(num_classes=num_classes, model_name="efficientnet_lite0",
-                      **{"se_ratio": 0.0, "act": "relu6", "padding": "same", "norm_epsilon": 1e-3,
-                         **options})
+                      **{**LITE, **options})
+
+
+@register_model(task="classification", family="efficientnet", default_input_size=240)
+def efficientnet_lite1(*, num_classes: int, **options) -> EfficientNet:
+  """EfficientNet-Lite1 as timm's ``tf_efficientnet_lite1`` (Lite0 at depth 1.1); 5.4M params."""
+  stages = scaled_stages(EFFICIENTNET_B0, width=1.0, depth=1.1, fix_first_last=True)
+  return EfficientNet(num_classes=num_classes, model_name="efficientnet_lite1",
+                      **{**LITE, "stages": stages, **options})
+
+
+@register_model(task="classification", family="efficientnet", default_input_size=260)
+def efficientnet_lite2(*, num_classes: int, **options) -> EfficientNet:
+  """EfficientNet-Lite2 as timm's ``tf_efficientnet_lite2`` (width 1.1, depth 1.2); 6.1M params."""
+  stages = scaled_stages(EFFICIENTNET_B0, width=1.1, depth=1.2, fix_first_last=True)
+  return EfficientNet(num_classes=num_classes, model_name="efficientnet_lite2",
+                      **{**LITE, "stages": stages, **options})
+
+
+# timm's squeeze-excitation convs inside the inverted-residual blocks (also MobileNetV2's).
+TIMM_SE_RULES = (("blocks.{i}.{j}.se.conv_reduce", "blocks_{i}_{j}/se/reduce"),
+                 ("blocks.{i}.{j}.se.conv_expand", "blocks_{i}_{j}/se/expand"))
+register_rules("efficientnet", NameRules(rules=TIMM_SE_RULES, head=("classifier",),
+                                         unused=("conv_head", "bn2")))

@@ -25,6 +25,7 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
     "sigmoid": nn.sigmoid,
     "hard_sigmoid": nn.hard_sigmoid,
+    "hard_swish": nn.hard_swish,
     "identity": lambda x: x,
 }
 NORMS = ("batch", "group", "none")
@@ -141,6 +142,58 @@ def max_pool(x: jax.Array, window: int, strides: int, padding: int = 0) -> jax.A
                      padding=((padding, padding), (padding, padding)))
 
 
+def _windows(x: jax.Array, window: int) -> jax.Array:
+  """(N, H, W, C) -> (N, H/k, W/k, C, k*k): each non-overlapping k x k window, row-major."""
+  n, h, w, c = x.shape
+  k = window
+  x = x.reshape(n, h // k, k, w // k, k, c).transpose(0, 1, 3, 5, 2, 4)
+  return x.reshape(n, h // k, w // k, c, k * k)
+
+
+def max_pool_with_indices(x: jax.Array, window: int = 2) -> tuple[jax.Array, jax.Array]:
+  """Max pooling over non-overlapping ``window`` x ``window`` windows (stride = window), and
+  where each maximum was: PyTorch's ``MaxPool2d(window, return_indices=True)`` in NHWC.
+
+  The indices are int32 and, as PyTorch's, flat positions ``row * W + col`` in the input's
+  (H, W) plane of each image and channel; ties go to the first maximum in row-major window order
+  (also PyTorch's choice). The gradient flows to that maximum only, so it agrees with
+  ``max_unpool``. SegNet's decoder upsamples with these indices.
+  """
+  n, h, w, c = x.shape
+  k = window
+  if h % k or w % k:
+    raise ValueError(f"max_pool_with_indices: input {h}x{w} is not divisible by the window {k}")
+  windows = _windows(x, k)
+  local = jnp.argmax(windows, axis=-1)
+  at_max = local[..., None] == jnp.arange(k * k)
+  pooled = jnp.sum(jnp.where(at_max, windows, jnp.zeros((), x.dtype)), axis=-1)
+  rows = jnp.arange(h // k)[:, None, None] * k + local // k
+  cols = jnp.arange(w // k)[None, :, None] * k + local % k
+  return pooled, (rows * w + cols).astype(jnp.int32)
+
+
+def max_unpool(x: jax.Array, indices: jax.Array, window: int = 2) -> jax.Array:
+  """Inverse of ``max_pool_with_indices``: each value goes back to the position its index names
+  inside its ``window`` x ``window`` window, zeros elsewhere; the output is ``window`` times
+  larger. PyTorch's ``MaxUnpool2d(window)`` for indices from the matching pool.
+
+  Written as a compare-and-select per window rather than a scatter: XLA:CPU runs scatters and
+  their gradients slowly, and pooling indices never leave their own window. An index outside its
+  window (which PyTorch would scatter there) leaves that window zero.
+  """
+  if indices.shape != x.shape:
+    raise ValueError(f"max_unpool: indices shape {tuple(indices.shape)} differs from the input "
+                     f"shape {tuple(x.shape)}")
+  n, h, w, c = x.shape
+  k = window
+  out_w = w * k
+  rows = indices // out_w - jnp.arange(h)[:, None, None] * k
+  cols = indices % out_w - jnp.arange(w)[None, :, None] * k
+  at_index = (rows * k + cols)[..., None] == jnp.arange(k * k)
+  y = jnp.where(at_index, x[..., None], jnp.zeros((), x.dtype)).reshape(n, h, w, c, k, k)
+  return y.transpose(0, 1, 4, 2, 5, 3).reshape(n, h * k, w * k, c)
+
+
 def _max_pool_3x3_stride2(x: jax.Array, axis: int) -> jax.Array:
   """Output i covers inputs 2i-1, 2i, 2i+1 along ``axis`` (padding 1, even length): the maximum of
   pair i and the second element of pair i-1."""
@@ -152,6 +205,24 @@ def _max_pool_3x3_stride2(x: jax.Array, axis: int) -> jax.Array:
   previous = jnp.pad(jax.lax.slice_in_dim(second, 0, size // 2 - 1, axis=axis), pad,
                      constant_values=-jnp.inf)
   return jnp.maximum(pairs.max(axis=axis + 1), previous)
+
+
+def adaptive_avg_pool(x: jax.Array, size: int | tuple[int, int]) -> jax.Array:
+  """PyTorch's ``adaptive_avg_pool2d`` to ``size`` x ``size`` (or ``(height, width)``) bins (NHWC):
+  along an axis of length n, bin i of m averages positions floor(i * n / m) .. ceil((i + 1) * n /
+  m) - 1, so bins overlap when n is not a multiple of m and repeat positions when m > n. Written
+  as one product with two small averaging matrices rather than a loop over bins."""
+  height, width = (size, size) if isinstance(size, int) else size
+
+  def averaging(n: int, m: int) -> jax.Array:
+    rows = []
+    for i in range(m):
+      start, end = i * n // m, -(-(i + 1) * n // m)
+      rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(n)])
+    return jnp.asarray(rows, x.dtype)
+
+  return jnp.einsum("nhwc,ih,jw->nijc", x, averaging(x.shape[1], height),
+                    averaging(x.shape[2], width))
 
 
 class _ConvWeights(nn.Module):
@@ -292,18 +363,24 @@ class SqueezeExcite(nn.Module):
 
 
 class ECA(nn.Module):
-  """Efficient channel attention (Wang et al. 2020): a 1-D conv across channels of the pooled vector,
-  kernel size adapted to the channel count (|log2(C)/gamma + b/gamma| rounded up to odd)."""
+  """Efficient channel attention (Wang et al. 2020): a 1-D conv across the pooled channel vector.
+
+  ``kernel_size`` None adapts it to the channel count as ECA-Net does (|log2(C)/gamma +
+  beta/gamma| rounded up to odd: 3 below 128 channels, 5 from 128 to 2047); an int fixes it.
+  """
   gamma: int = 2
   beta: int = 1
+  kernel_size: int | None = None
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    k = int(abs(math.log2(c) / self.gamma + self.beta / self.gamma))
-    k = k if k % 2 else k + 1
+    k = self.kernel_size
+    if k is None:
+      k = int(abs(math.log2(c) / self.gamma + self.beta / self.gamma))
+      k = k if k % 2 else k + 1
     s = jnp.mean(x, axis=(1, 2))[..., None]  # (N, C, 1): channels as a 1-D sequence
     s = nn.Conv(1, (k,), padding="SAME", use_bias=False, dtype=self.dtype,
                 param_dtype=self.param_dtype, name="conv")(s)
@@ -332,6 +409,38 @@ class CBAM(nn.Module):
     spatial = nn.Conv(1, (k, k), padding=conv_padding(k), use_bias=False, dtype=self.dtype,
                       param_dtype=self.param_dtype, name="spatial")(pooled)
     return x * nn.sigmoid(spatial)
+
+
+class CoordAttention(nn.Module):
+  """Coordinate attention (Hou et al. 2021, "Coordinate Attention for Efficient Mobile Network
+  Design"); APC-UNet (paper 004 §2) puts it in a U-Net decoder for positional information.
+
+  The map is average-pooled along W (one C-vector per row) and along H (one per column); the two
+  sequences are joined and passed through one shared 1x1 conv (with bias, as Hou's code) -> norm
+  -> hard-swish to ``max(min_hidden, C // reduction)`` channels, split again, and each half
+  becomes a sigmoid gate by its own 1x1 conv. The output is ``x * gate_h[row] * gate_w[col]``: the
+  row gate varies only along H, the column gate only along W. Hou's defaults: reduction 32,
+  at least 8 hidden channels, BatchNorm (statistics over both sequences together).
+  """
+  reduction: int = 32
+  min_hidden: int = 8
+  norm: str = "batch"
+  act: str | Callable = "hard_swish"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    _, h, _, c = x.shape
+    common = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    rows = jnp.mean(x, axis=2)  # (N, H, C)
+    cols = jnp.mean(x, axis=1)  # (N, W, C)
+    y = jnp.concatenate([rows, cols], axis=1)[:, :, None, :]  # (N, H + W, 1, C)
+    y = ConvNormAct(max(self.min_hidden, c // self.reduction), 1, norm=self.norm, act=self.act,
+                    name="reduce", **common)(y, train)
+    gate_h = nn.sigmoid(conv(c, 1, name="gate_h", **common)(y[:, :h]))  # (N, H, 1, C)
+    gate_w = nn.sigmoid(conv(c, 1, name="gate_w", **common)(y[:, h:]))  # (N, W, 1, C)
+    return x * gate_h * gate_w.transpose(0, 2, 1, 3)
 
 
 class ASPP(nn.Module):

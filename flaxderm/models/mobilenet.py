@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from flaxderm.models.efficientnet import EfficientNet, Stage
+from flaxderm.models.efficientnet import TIMM_SE_RULES, EfficientNet, Stage
+from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 
 MOBILENET_V2 = (
@@ -50,3 +51,6 @@ def mobilenet_v2(*, num_classes: int, **options) -> MobileNetV2:
   """MobileNetV2 width 1.0 (torchvision, timm ``mobilenetv2_100``); 3.5M parameters at 1000
   classes."""
   return MobileNetV2(num_classes=num_classes, model_name="mobilenet_v2", **options)
+
+
+register_rules("mobilenet", NameRules(rules=TIMM_SE_RULES, head=("classifier",)))

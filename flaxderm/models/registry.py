@@ -25,9 +25,13 @@ class ModelEntry:
   family: str
   default_input_size: int
   description: str
+  # The smallest input side the classifier accepts, where unpadded convolutions set one
+  # (Inception-v3); None: any size the model's stride allows.
+  min_input_size: int | None = None
 
 
-def register_model(*, task: str, family: str, default_input_size: int = 224):
+def register_model(*, task: str, family: str, default_input_size: int = 224,
+                   min_input_size: int | None = None):
   """Decorator: registers ``fn`` under its own name. ``fn(**kwargs) -> nn.Module``."""
   if task not in ("classification", "segmentation"):
     raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
@@ -37,7 +41,7 @@ def register_model(*, task: str, family: str, default_input_size: int = 224):
       raise ValueError(f"model {fn.__name__!r} is registered twice")
     doc = (fn.__doc__ or "").strip().splitlines()
     _REGISTRY[fn.__name__] = ModelEntry(fn.__name__, fn, task, family, default_input_size,
-                                        doc[0] if doc else "")
+                                        doc[0] if doc else "", min_input_size)
     return fn
 
   return wrap

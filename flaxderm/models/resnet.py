@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 
 Dtype = Any
@@ -102,13 +103,16 @@ class ConvNet(nn.Module):
   param_dtype: Dtype = jnp.float32
   model_name: str = ""
 
-  def check(self, x: jax.Array):
-    """Validates options and input before any op can fail obscurely."""
+  def check(self, x: jax.Array, features_only: bool = False):
+    """Validates options and input before any op can fail obscurely. A classifier takes any
+    size, as timm's (pretrained checkpoints come at 240 or 260 px); the encoder maps must sit at
+    exact strides, so ``features_only`` needs sizes divisible by ``output_stride``."""
     name = self.model_name or type(self).__name__
     if self.output_stride not in OUTPUT_STRIDES:
       raise ValueError(f"{name}: output_stride must be one of {OUTPUT_STRIDES}, got "
                        f"{self.output_stride!r}")
-    layers.check_input(name, x, in_channels=self.in_channels, multiple_of=self.output_stride)
+    layers.check_input(name, x, in_channels=self.in_channels,
+                       multiple_of=self.output_stride if features_only else None)
 
   def head(self, x: jax.Array, train: bool, name: str) -> jax.Array:
     """Global average pooling, then dropout and the linear classifier (none at 0 classes)."""
@@ -117,6 +121,21 @@ class ConvNet(nn.Module):
       return x
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+
+
+def check_plain_convnet(model: ConvNet, family: str, downsampling: str):
+  """ValueError for the ``ConvNet`` options a network without residual branches or dilation
+  (DenseNet, VGG, Inception) cannot honour, rather than silently ignoring them."""
+  name = model.model_name or type(model).__name__
+  if model.output_stride != 32:
+    raise ValueError(f"{name}: output_stride must be 32, got {model.output_stride!r}: {family} "
+                     f"downsamples by {downsampling}, which it cannot trade for dilation (smp's "
+                     f"{family} encoders refuse dilation too)")
+  for option in ("drop_path_rate", "zero_init_last"):
+    if getattr(model, option):
+      raise ValueError(f"{name}: {option}={getattr(model, option)!r} needs residual branches, "
+                       f"which {family} has none of")
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +204,7 @@ class ResNet(ConvNet):
 
   @nn.compact
   def __call__(self, x, train: bool = False, features_only: bool = False):
-    self.check(x)
+    self.check(x, features_only)
     common = dict(norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
     x = conv2d(64, 7, strides=2, use_bias=self.norm == "none", dtype=self.dtype,
                param_dtype=self.param_dtype, name="conv1")(x)
@@ -245,3 +264,7 @@ def resnet101(*, num_classes: int, **options) -> ResNet:
 def resnet152(*, num_classes: int, **options) -> ResNet:
   """ResNet-152 (Bottlenecks 3-8-36-3), torchvision layout; 60.2M parameters at 1000 classes."""
   return _resnet("resnet152", (3, 8, 36, 3), True, num_classes=num_classes, **options)
+
+
+# timm and torchvision share these names; the classifier is "fc".
+register_rules("resnet", NameRules(head=("fc",)))

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxderm.models import layers
+from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 from flaxderm.models.vit import DENSE_INIT, Attention, Block, PatchEmbed
 
@@ -299,3 +300,7 @@ def swin_base(*, num_classes: int, **options) -> SwinTransformer:
   """Swin-B (timm swin_base_patch4_window7_224): width 128, depths 2-2-18-2, 87.8M parameters."""
   return _swin("swin_base", embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
                num_classes=num_classes, **options)
+
+
+register_rules("swin", NameRules(rules=(("head.fc", "head"),), head=("head.fc",),
+                                 derived=r"(^|\.)(relative_position_index|attn_mask)$"))

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxderm.models import layers
+from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 
 Dtype = Any
@@ -292,3 +293,6 @@ def vit_small(*, num_classes: int, **options) -> VisionTransformer:
 def vit_base(*, num_classes: int, **options) -> VisionTransformer:
   """ViT-B/16 (timm vit_base_patch16_224): width 768, 12 blocks, 12 heads, 86.6M parameters."""
   return _vit("vit_base", embed_dim=768, num_heads=12, num_classes=num_classes, **options)
+
+
+register_rules("vit", NameRules(head=("head",)))

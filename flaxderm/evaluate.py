@@ -91,46 +91,130 @@ def _scoring_data(cfg: ml_collections.ConfigDict, manual_dir: str | None, scratc
 def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
                  params: str | None = None, use_ema: bool | None = None,
                  tta: str | None = None, batch_size: int | None = None) -> dict[str, float]:
-  """Scores a training run's final parameters; see the module docstring. Returns the metrics.
+  """Scores a training run's final parameters, or a cross-validation run's folds; see the module
+  docstring. Returns the metrics.
 
-  Holds the run directory (``RunLock``) throughout: scoring a run that a live process is still
+  Holds the run directories (``RunLock``) throughout: scoring a run that a live process is still
   training fails at once, naming that process, rather than after the scoring.
   """
   workdir = Path(workdir).resolve()
-  if not (workdir / run_lib.CONFIG).is_file():
-    raise ValueError(f"{workdir} is not a training run directory (no {run_lib.CONFIG})")
-  with RunLock(workdir, "evaluation") if jax.process_index() == 0 else contextlib.nullcontext():
-    return _evaluate_run(workdir, manual_dir=manual_dir, params=params, use_ema=use_ema, tta=tta,
-                         batch_size=batch_size)
+  runs = run_lib.run_directories(workdir)
+  options = dict(params=params, use_ema=use_ema, tta=tta, batch_size=batch_size)
+  if runs == [workdir]:
+    return _score(runs, workdir / "evaluation", manual_dir=manual_dir, **options)
+  return _evaluate_cross_validation(workdir, runs, manual_dir=manual_dir, **options)
 
 
-def _evaluate_run(workdir: Path, *, manual_dir: str | None, params: str | None,
-                  use_ema: bool | None, tta: str | None, batch_size: int | None
-                  ) -> dict[str, float]:
-  cfg = run_lib.run_config(workdir, tta=tta)
-  info = setup.RunInfo.load(workdir)
-  par = parallel_lib.DataParallel("auto")
-  batch_size = batch_size or cfg.eval.batch_size
-  par.check_batch_size(batch_size, "eval.batch_size")
-  task = setup.make_task(cfg, info)
-  model, state, step, which, use_ema = run_lib.restore_state(workdir, cfg, info, params, use_ema,
-                                                             par)
-  case_step = par.compile_case_step(step_lib.make_case_step(model, task, cfg, use_ema=use_ema))
-  with tempfile.TemporaryDirectory(prefix="flaxderm-eval-") as scratch:
-    data_cfg, split = _scoring_data(cfg, manual_dir, scratch if manual_dir else None)
-    with jax.set_mesh(par.mesh):
-      rows, stats = scoring.evaluate_cases(
-          case_step, state, scoring.eval_batches(data_cfg, split, batch_size), par, task)
+def _evaluate_cross_validation(workdir: Path, folds: list[Path], *, manual_dir: str | None,
+                               **options) -> dict[str, float]:
+  """Each fold on its own validation split (the cross-validation estimate: mean, std and 95% CI
+  over folds, and the out-of-fold cases), or -- with ``manual_dir`` -- each fold and the fold
+  ensemble (the mean of their probabilities) on that dataset."""
+  from flaxderm import crossval  # pylint: disable=g-import-not-at-top  (it imports this module)
+
+  per_fold = [_score([fold], fold / "evaluation", manual_dir=manual_dir, **options)
+              for fold in folds]
+  summary = crossval.summarize(per_fold, [f.name for f in folds])
+  out = workdir / "evaluation"
+  if manual_dir is None:
+    headline = summary["mean"]
+    rows = [{"fold": fold.name, **row} for fold in folds
+            for row in read_cases(fold / "evaluation" / "cases.csv")]
+    if jax.process_index() == 0:
+      write_cases(out / "cases.csv", rows)  # out of fold: each case scored by the fold that held it out
+  else:
+    headline = _score(folds, out, manual_dir=manual_dir, **options)
+  if jax.process_index() == 0:
+    (out / "cv_metrics.json").write_text(json.dumps(
+        {"scored": "fold ensemble" if manual_dir else "each fold on its validation split",
+         "manual_dir": manual_dir, "metrics": json.loads(json_line(headline)), **summary},
+        indent=2, default=str) + "\n")
+    print(crossval.format_table(summary), flush=True)
+  return {**headline, **crossval.flatten(summary)}
+
+
+def read_cases(path: Path) -> list[dict[str, str]]:
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str | None,
+           use_ema: bool | None, tta: str | None, batch_size: int | None) -> dict[str, float]:
+  """Scores one run, or the ensemble of ``runs`` (the folds of a CV run: the mean of their
+  probabilities, each fold's input prepared as it was in training), and writes
+  ``out/cases.csv`` and ``out/metrics.json``."""
+  with contextlib.ExitStack() as locks:
+    if jax.process_index() == 0:
+      for run in runs:
+        locks.enter_context(RunLock(run, "evaluation"))
+    cfgs = [run_lib.run_config(run, tta=tta) for run in runs]
+    infos = [setup.RunInfo.load(run) for run in runs]
+    cfg, info = cfgs[0], infos[0]
+    _check_ensemble(runs, cfgs, infos)
+    par = parallel_lib.DataParallel("auto")
+    batch_size = batch_size or cfg.eval.batch_size
+    par.check_batch_size(batch_size, "eval.batch_size")
+    task = setup.make_task(cfg, info)
+    restored = [run_lib.restore_state(run, c, i, params, use_ema, par)
+                for run, c, i in zip(runs, cfgs, infos)]
+    model, state, step, which, use_ema = restored[0]
+    ensemble = len(runs) > 1
+    if ensemble:
+      state = tuple(r[1] for r in restored)
+    case_step = par.compile_case_step(step_lib.make_case_step(
+        model, task, cfg, use_ema=use_ema, members=len(runs) if ensemble else 0))
+    with tempfile.TemporaryDirectory(prefix="flaxderm-eval-") as scratch:
+      scored = [_scoring_data(c, manual_dir, scratch if manual_dir else None) for c in cfgs]
+      data_cfg, split = scored[0]
+      batches = (scoring.eval_batches(data_cfg, split, batch_size) if not ensemble else
+                 _ensemble_batches([d for d, _ in scored], split, batch_size))
+      with jax.set_mesh(par.mesh):
+        rows, stats = scoring.evaluate_cases(case_step, state, batches, par, task)
   metrics = task.summarize(stats)
   if task.kind == "classification":
     metrics.update(_auc(rows, task.class_names))
-  out = workdir / "evaluation"
   if jax.process_index() == 0:
     write_cases(out / "cases.csv", rows)
     (out / "metrics.json").write_text(json.dumps(
         {"dataset": data_cfg.name, "split": split, "manual_dir": manual_dir, "params": which,
-         "ema": use_ema, "tta": cfg.eval.tta, "step": step,
+         "ema": use_ema, "tta": cfg.eval.tta, "step": step if not ensemble else
+         [r[2] for r in restored], "runs": [str(r) for r in runs] if ensemble else None,
          "metrics": json.loads(json_line(metrics))}, indent=2) + "\n")
-  log.info("scored %s params of step %d on %s/%s: %d cases", which, step, data_cfg.name, split,
-           len(rows))
+  log.info("scored %s params of %s on %s/%s: %d cases", which,
+           f"{len(runs)} folds" if ensemble else f"step {step}", data_cfg.name, split, len(rows))
   return metrics
+
+
+def _check_ensemble(runs: list[Path], cfgs: list[ml_collections.ConfigDict],
+                    infos: list[setup.RunInfo]) -> None:
+  """The members of an ensemble must be one architecture predicting the same classes."""
+  for run, c, i in zip(runs[1:], cfgs[1:], infos[1:]):
+    if c.model.to_dict() != cfgs[0].model.to_dict():
+      raise ValueError(f"{run}: its model config differs from {runs[0]}'s; a fold ensemble needs "
+                       f"one architecture")
+    if (i.task, i.class_names) != (infos[0].task, infos[0].class_names):
+      raise ValueError(f"{run}: task/classes {i.task} {i.class_names} differ from {runs[0]}'s "
+                       f"{infos[0].task} {infos[0].class_names}")
+
+
+# Which records are read, not how each image is prepared: the folds differ here.
+_SPLIT_KEYS = ("split", "source_split", "num_folds", "fold", "split_seed", "train_split")
+
+
+def _preparation(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {k: v for k, v in data_cfg.to_dict().items() if k not in _SPLIT_KEYS}
+
+
+def _ensemble_batches(data_cfgs: list[ml_collections.ConfigDict], split: str, batch_size: int):
+  """One stream of batches for every member: the same cases in the same order, ``image`` of
+  shape (N, members, H, W, C) when members prepare images differently (e.g. each fold's own
+  dataset normalisation), else the one shared (N, H, W, C)."""
+  first = _preparation(data_cfgs[0])
+  if all(_preparation(d) == first for d in data_cfgs[1:]):
+    yield from scoring.eval_batches(data_cfgs[0], split, batch_size)
+    return
+  streams = [scoring.eval_batches(d, split, batch_size) for d in data_cfgs]
+  for batches in zip(*streams, strict=True):
+    if any(not np.array_equal(b["id"], batches[0]["id"]) for b in batches[1:]):
+      raise ValueError("the folds' evaluation batches hold different cases")
+    yield {**batches[0], "image": np.stack([b["image"] for b in batches], axis=1)}

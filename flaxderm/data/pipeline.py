@@ -209,6 +209,15 @@ def resolve_split(source: DataSource, cfg: Mapping[str, Any], name: str
   return base, indices
 
 
+def split_groups(cfg: Mapping[str, Any], name: str) -> list[str]:
+  """The group (lesion key) of every record of split ``name`` (e.g. the lesions of a k-fold
+  validation part, for another program to train on the same fold)."""
+  source = open_source(cfg)
+  base, indices = resolve_split(source, cfg, name)
+  groups, _ = _split_metadata(source, base)
+  return [groups[i] for i in indices]
+
+
 # ----------------------------------------------------------------------------------------------
 # Deterministic part: decode, preprocess, resize (cacheable).
 

@@ -137,13 +137,26 @@ def make_eval_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict,
 
 
 def make_case_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict, *,
-                   use_ema: bool) -> Callable[[TrainState, Batch], dict[str, Any]]:
+                   use_ema: bool, members: int = 0) -> Callable[[Any, Batch], dict[str, Any]]:
   """``case_step(state, batch) -> {"stats": per-example stats, "probs": (N, K) or absent}``: the
   metric statistics of each example on its own (leading axis N), and for classification the
-  class probabilities, for per-case result tables."""
-  inference = make_predict_step(model, cfg, use_ema=use_ema)
+  class probabilities, for per-case result tables.
 
-  def case_step(state: TrainState, batch: Batch):
+  ``members > 0`` scores an ensemble (the folds of a cross-validation run): ``state`` is then a
+  tuple of that many states of ``model``, whose probabilities are averaged; ``batch["image"]`` is
+  shared, or (N, members, H, W, C) when each member prepares its input differently."""
+  inference = make_predict_step(model, cfg, use_ema=use_ema)
+  if members:
+    single = inference
+
+    def inference(states, images):
+      if len(states) != members:
+        raise ValueError(f"the ensemble has {members} members, got {len(states)} states")
+      own = images.ndim == 5
+      return mean_probabilities_as_logits(jnp.stack(
+          [single(s, images[:, m] if own else images) for m, s in enumerate(states)]))
+
+  def case_step(state, batch: Batch):
     logits = inference(state, batch["image"])
     one = {k: batch[k] for k in (task.label_key, "valid")}
     per_case = jax.vmap(lambda lg, ex: task.stats(lg[None], jax.tree.map(lambda v: v[None], ex)))
@@ -154,6 +167,14 @@ def make_case_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict,
     return out
 
   return case_step
+
+
+def mean_probabilities_as_logits(logits: jax.Array) -> jax.Array:
+  """Stacked float32 logits (V, ...) of V views or models -> the logits of their mean
+  probability (sigmoid for one channel, softmax otherwise)."""
+  if logits.shape[-1] == 1:
+    return jax.scipy.special.logit(jnp.mean(jax.nn.sigmoid(logits), axis=0))
+  return jnp.log(jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0))
 
 
 def make_predict_step(model: nn.Module, cfg: ml_collections.ConfigDict, *, use_ema: bool
@@ -173,10 +194,7 @@ def make_predict_step(model: nn.Module, cfg: ml_collections.ConfigDict, *, use_e
       views.append(jnp.flip(logits, axes) if logits.ndim == 4 else logits)
     if len(views) == 1:
       return views[0].astype(jnp.float32)
-    logits = jnp.stack(views).astype(jnp.float32)
-    if logits.shape[-1] == 1:
-      return jax.scipy.special.logit(jnp.mean(jax.nn.sigmoid(logits), axis=0))
-    return jnp.log(jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0))
+    return mean_probabilities_as_logits(jnp.stack(views).astype(jnp.float32))
 
   return predict
 

@@ -3,14 +3,20 @@
     python launch.py                                  # the default experiment (a few CPU minutes)
     python launch.py EXPERIMENT[:runlocal] [--config.KEY=VALUE ...] [--workdir DIR] [--resume]
     python launch.py EXPERIMENT --sweep               # every run of the experiment's sweep()
+    python launch.py EXPERIMENT --folds K [--resume]  # K-fold cross-validation into fold_i/
     python launch.py --list                           # experiments, one line each
     python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
-        [--ema | --no-ema] [--tta none|hflip|flips]
+        [--ema | --no-ema] [--tta none|hflip|flips] [--calibrate]  # see flaxderm/calibration.py
+    python launch.py compare RUN_A RUN_B [--manual-dir DIR] [--metric KEY] [--samples N]
+        [--seed S]                                    # paired bootstrap, see flaxderm/compare.py
     python launch.py predict --workdir RUN --out DIR INPUT... [--params ...] [--ema | --no-ema]
         [--tta ...] [--batch-size N] [--largest-component] [--fill-holes] [--save-probabilities]
         [--overwrite]                                 # see flaxderm/predict.py
     python launch.py export --workdir RUN --format onnx|savedmodel|tflite --out PATH
         [--params ...] [--ema | --no-ema] [--tta ...]  # see flaxderm/export.py
+    python launch.py explain --workdir RUN --out DIR INPUT... [--method gradcam|gradcampp|
+        integrated_gradients|saliency] [--target CLASS] [--layer NAME]  # see flaxderm/explain.py
+    python launch.py report --workdir RUN [--cases N]  # RUN/report/index.html, flaxderm/report.py
 
 EXPERIMENT names a file ``experiments/EXPERIMENT.py`` whose ``get_config(arg)`` returns the config
 (``:runlocal`` passes "runlocal": a seconds-long smoke run of the same experiment). Multi-host:
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import json
 import logging
 import os
 import sys
@@ -79,12 +86,15 @@ def _parser() -> argparse.ArgumentParser:
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT,
                       help="experiments/NAME.py (optionally NAME:ARG), or a run tool: "
-                      "evaluate, predict, export (launch.py TOOL --help)")
+                      f"{', '.join(RUN_TOOLS)} (launch.py TOOL --help)")
   parser.add_argument("--list", action="store_true", help="list the experiments and exit")
   parser.add_argument("--workdir", help="run directory (default runs/EXPERIMENT)")
   parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
   parser.add_argument("--sweep", action="store_true",
                       help="run every config of the experiment's sweep() into workdir/<name>")
+  parser.add_argument("--folds", type=int, metavar="K",
+                      help="K-fold cross-validation (lesion-grouped, stratified): every fold into "
+                      "workdir/fold_i, then workdir/cv_summary.json (see flaxderm/crossval.py)")
   parser.add_argument("--coordinator_address", help="multi-host: HOST:PORT of process 0")
   parser.add_argument("--num_processes", type=int, help="multi-host: number of processes")
   parser.add_argument("--process_id", type=int, help="multi-host: this process's index")
@@ -110,6 +120,13 @@ def _train(args, overrides: list[str]) -> None:
         config_lib.apply_override(run_cfg, key, str(value))
       runs.append((workdir / run_name, run_cfg))
   for run_dir, run_cfg in runs:
+    if args.folds is not None:
+      from flaxderm import crossval  # pylint: disable=g-import-not-at-top
+
+      summary = crossval.train_folds(run_cfg, run_dir, args.folds, resume=args.resume)
+      print(crossval.format_table(summary), flush=True)
+      print(f"{run_dir}: {args.folds}-fold summary in {run_dir / crossval.CV_SUMMARY}", flush=True)
+      continue
     results = loop.train(run_cfg, run_dir, resume=args.resume)
     metric = results["best_metric"]
     if not results["validation"]:
@@ -140,7 +157,15 @@ def _evaluate(argv: list[str]) -> None:
 
   parser = _tool_parser("evaluate", evaluate)
   parser.add_argument("--manual-dir", help="score all of the dataset in this folder")
+  parser.add_argument("--calibrate", action="store_true", help="first fit the temperature on "
+                      "the validation split into RUN/calibration.json (flaxderm/calibration.py)")
   args = parser.parse_args(argv)
+  if args.calibrate:
+    from flaxderm import calibration  # pylint: disable=g-import-not-at-top
+
+    fitted = calibration.calibrate_run(args.workdir, params=args.params, use_ema=args.ema,
+                                       tta=args.tta)
+    print(calibration.format_results(fitted), flush=True)
   metrics = evaluate.evaluate_run(args.workdir, manual_dir=args.manual_dir, params=args.params,
                                   use_ema=args.ema, tta=args.tta)
   print(evaluate.json_line(metrics), flush=True)
@@ -188,8 +213,65 @@ def _export(argv: list[str]) -> None:
         f"{card['input']['shape']}) to {args.out}; model card {args.out}.card.md", flush=True)
 
 
-# Tools applied to a trained run: ``launch.py TOOL --workdir RUN ...``.
-RUN_TOOLS = {"evaluate": _evaluate, "predict": _predict, "export": _export}
+def _compare(argv: list[str]) -> None:
+  from flaxderm import compare  # pylint: disable=g-import-not-at-top
+
+  parser = argparse.ArgumentParser(prog="launch.py compare", description=compare.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("runs", nargs=2, metavar="RUN", help="the two run (or CV run) directories")
+  parser.add_argument("--manual-dir", help="score both runs on all of the dataset in this folder "
+                      "first (when their evaluation is missing or of other data)")
+  parser.add_argument("--metric", help="default: dice/per_image (segmentation), "
+                      "balanced_accuracy (classification)")
+  parser.add_argument("--samples", type=int, default=10000, help="bootstrap resamples")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  result = compare.compare_runs(*args.runs, manual_dir=args.manual_dir, metric=args.metric,
+                                samples=args.samples, seed=args.seed)
+  print(compare.format_table(result), flush=True)
+  print(json.dumps(result, sort_keys=True), flush=True)
+
+
+def _explain(argv: list[str]) -> None:
+  from flaxderm import explain  # pylint: disable=g-import-not-at-top
+
+  parser = _tool_parser("explain", explain)
+  parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs")
+  parser.add_argument("--method", choices=explain.METHODS, default="gradcam")
+  parser.add_argument("--target", help="classification: the class explained, a name or index "
+                      "(default: the predicted class)")
+  parser.add_argument("--layer", help="gradcam/gradcampp: the module path whose map is used")
+  parser.add_argument("--steps", type=int, default=explain.DEFAULT_STEPS,
+                      help="integrated_gradients: points on the path")
+  parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+  args = parser.parse_args(argv)
+  if args.tta not in (None, "none"):
+    raise ValueError("--tta: explanations follow one view of each image (--tta none)")
+  summary = explain.explain_files(
+      args.workdir, args.inputs, args.out, method=args.method, target=args.target,
+      layer=args.layer, steps=args.steps, params=args.params, use_ema=args.ema,
+      overwrite=args.overwrite)
+  layer = f" at layer {summary['layer']}" if summary["layer"] else ""
+  print(f"{len(summary['written'])} {summary['method']} maps{layer} written to {summary['out']}",
+        flush=True)
+
+
+def _report(argv: list[str]) -> None:
+  from flaxderm import report  # pylint: disable=g-import-not-at-top
+
+  parser = _tool_parser("report", report)
+  parser.add_argument("--cases", type=int, default=report.DEFAULT_CASES,
+                      help="how many worst cases / confident mistakes to show")
+  args = parser.parse_args(argv)
+  path = report.write_report(args.workdir, params=args.params, use_ema=args.ema, tta=args.tta,
+                             cases=args.cases)
+  print(f"report written to {path}", flush=True)
+
+
+# Tools applied to trained runs: ``launch.py TOOL --workdir RUN ...`` (compare: RUN_A RUN_B).
+RUN_TOOLS = {"evaluate": _evaluate, "predict": _predict, "export": _export, "compare": _compare,
+             "explain": _explain, "report": _report}
 
 
 def _quiet_logging() -> None:

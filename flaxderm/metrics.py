@@ -9,8 +9,9 @@ per-image mean over the whole set. Padding examples (``valid == 0``) contribute 
 
 Host side: ``summarize_segmentation`` / ``summarize_classification`` turn stats into
 ``dict[str, float]`` whose keys name the reduction ("dice/per_image", "jaccard/micro", ...);
-``roc_auc``, ``hausdorff_distance`` and ``format_confusion_matrix`` work on numpy arrays outside
-jit (they need sorting/distance transforms over the whole set).
+``roc_auc``, ``hausdorff_distance``, ``calibration``, ``reliability_bins`` and
+``format_confusion_matrix`` work on numpy arrays outside jit (they need sorting, binning or
+distance transforms over the whole set).
 
 Counts are int32: one set may hold up to 2^31 pixels per class (about 8000 images of 512x512).
 ``merge`` promotes numpy (host) inputs to int64/float64, so accumulate on the host
@@ -411,3 +412,131 @@ def format_confusion_matrix(confusion: np.ndarray | Mapping[str, Any],
   rows.append(["total", *(str(int(v)) for v in cm.sum(axis=0)), str(int(cm.sum())), ""])
   widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
   return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibration (host side, numpy).
+# ------------------------------------------------------------------------------------------------
+
+
+def _calibration_inputs(fn: str, probabilities, labels
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """(confidence (M,), hit (M,) 0/1, class probabilities (M, C), label (M,)) of one prediction set.
+
+  Multi-class: ``probabilities`` (..., C), C >= 2, with integer ``labels`` of the leading shape;
+  binary: ``probabilities`` of the positive class with 0/1 ``labels`` of the same shape (pixels:
+  any shape, flattened), stored as the two columns (1 - p, p).
+  """
+  p, y = np.asarray(probabilities, np.float64), np.asarray(labels)
+  if p.ndim >= 2 and p.shape[-1] >= 2 and p.shape[:-1] == y.shape:
+    p = p.reshape(-1, p.shape[-1])
+    y = y.reshape(-1)
+    if y.size and (not np.all(y == np.round(y)) or y.min() < 0 or y.max() >= p.shape[1]):
+      raise ValueError(f"{fn}: labels must be class ids 0..{p.shape[1] - 1} for probabilities "
+                       f"of shape {tuple(np.shape(probabilities))}")
+    y = y.astype(np.int64)
+    confidence, hit = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
+  elif p.shape == y.shape:
+    p, y = p.reshape(-1), y.reshape(-1)
+    if not np.isin(y, (0, 1)).all():
+      raise ValueError(f"{fn}: binary labels must be 0 or 1 (probabilities and labels both of "
+                       f"shape {y.shape})")
+    y = y.astype(np.int64)
+    confidence, hit = p, y.astype(np.float64)
+    p = np.stack([1 - p, p], axis=1)
+  else:
+    raise ValueError(f"{fn}: expected probabilities (..., C) with labels (...), or positive-class "
+                     f"probabilities and 0/1 labels of one shape; got probabilities "
+                     f"{tuple(np.shape(probabilities))} and labels {tuple(y.shape)}")
+  if y.size == 0:
+    raise ValueError(f"{fn}: no predictions")
+  if not np.all((p >= 0) & (p <= 1)):
+    raise ValueError(f"{fn}: probabilities must lie in [0, 1] (NaN is not allowed)")
+  return confidence, hit, p, y
+
+
+def _binned(confidence: np.ndarray, hit: np.ndarray, edges: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(mean confidence, accuracy, count) per bin ``[edges[b], edges[b + 1])`` (the last bin closed),
+  NaN in an empty bin: numpy's ``histogram`` rule, which netcal's binning follows."""
+  num_bins = len(edges) - 1
+  index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, num_bins - 1)
+  count = np.bincount(index, minlength=num_bins)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean_confidence = np.bincount(index, confidence, num_bins) / count
+    accuracy = np.bincount(index, hit, num_bins) / count
+  return mean_confidence, accuracy, count
+
+
+def _check_bins(fn: str, num_bins: int) -> None:
+  if not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+    raise ValueError(f"{fn}: num_bins must be a positive integer, got {num_bins!r}")
+
+
+def reliability_bins(probabilities, labels, *, num_bins: int = 15
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(mean confidence, accuracy, count), each ``(num_bins,)``, over equal-width confidence bins
+  ``[b / B, (b + 1) / B)`` (the last one closed): the data of a reliability diagram.
+
+  Inputs as ``calibration``. Multi-class: the confidence is the top-label probability and the
+  accuracy the fraction of argmax predictions that are right (Guo et al., 2017); binary/pixel: the
+  positive-class probability and the fraction of positives (netcal's binary convention). Empty bins
+  hold NaN confidence and accuracy and count 0.
+  """
+  _check_bins("reliability_bins", num_bins)
+  confidence, hit, _, _ = _calibration_inputs("reliability_bins", probabilities, labels)
+  return _binned(confidence, hit, np.linspace(0.0, 1.0, num_bins + 1))
+
+
+def _expected_error(confidence: np.ndarray, hit: np.ndarray, edges: np.ndarray
+                    ) -> tuple[float, float]:
+  """(count-weighted mean, max) over the non-empty bins of |accuracy - confidence|."""
+  mean_confidence, accuracy, count = _binned(confidence, hit, edges)
+  gap = np.abs(accuracy - mean_confidence)[count > 0]
+  return float(np.sum(gap * count[count > 0]) / count.sum()), float(gap.max())
+
+
+def calibration(probabilities, labels, *, num_bins: int = 15) -> dict[str, float]:
+  """Calibration of predicted probabilities: ``{"ece", "mce", "adaptive_ece", "brier", "nll"}``.
+
+  probabilities, labels: class probabilities ``(..., C)`` (C >= 2; rows summing to 1) with integer
+    class ids of shape ``(...)`` -- classification ``(N, C)``, or softmax pixels ``(N, H, W, C)``;
+    or positive-class probabilities of any shape with 0/1 labels of the same shape (a binary
+    classifier's ``(N,)``, sigmoid pixel maps ``(N, H, W)``), flattened.
+
+  Binned errors (Naeini et al., 2015; Guo et al., 2017) over the confidence of each prediction --
+  the top-label probability for multi-class input (correct = argmax is the label), the
+  positive-class probability for binary input (correct = label is 1) -- in ``num_bins`` bins
+  ``[lo, hi)`` (the last one closed), each bin's gap being |accuracy - mean confidence|:
+
+  * ``ece``: the gaps of equal-width bins weighted by their share of the predictions; equals
+    ``netcal.metrics.ECE(num_bins)`` (netcal 1.4);
+  * ``mce``: the largest gap of an equal-width bin holding any prediction; ``netcal.metrics.MCE``;
+  * ``adaptive_ece``: ``ece`` over equal-mass bins whose edges are the confidence quantiles
+    ``b / B`` (the first and last set to 0 and 1) -- Nixon et al. (2019) / Mukhoti et al.
+    (2020); equals ``netcal.metrics.ECE(num_bins, equal_intervals=False)``. It is not netcal's
+    ``ACE`` (Neumann et al., 2018), which is the unweighted mean gap over the non-empty
+    equal-width bins (computable from ``reliability_bins``).
+
+  netcal treats (N, 2) probabilities with labels of at most two distinct values as binary input
+  (the positive-class probability); here (N, 2) with class ids is multi-class (top-label
+  confidence): pass ``probabilities[:, 1]`` for netcal's binary numbers. netcal also clips the
+  probabilities to [eps, 1 - eps] before binning, which moves nothing between bins.
+
+  * ``brier``: mean over predictions of the squared error summed over classes (Brier, 1950),
+    halved for two classes so binary input gives mean (p - y)^2: scikit-learn's
+    ``brier_score_loss`` (``scale_by_half="auto"``).
+  * ``nll``: mean negative log-probability of the true class, probabilities clipped to
+    [eps, 1] (eps of float64): scikit-learn's ``log_loss``.
+  """
+  _check_bins("calibration", num_bins)
+  confidence, hit, p, y = _calibration_inputs("calibration", probabilities, labels)
+  ece, mce = _expected_error(confidence, hit, np.linspace(0.0, 1.0, num_bins + 1))
+  quantiles = np.quantile(confidence, np.linspace(0.0, 1.0, num_bins + 1))
+  quantiles[0], quantiles[-1] = 0.0, 1.0
+  adaptive_ece, _ = _expected_error(confidence, hit, quantiles)
+  rows = np.arange(len(y))
+  squared = np.sum(p**2, axis=1) - 2 * p[rows, y] + 1  # sum over classes of (p - one_hot)^2
+  brier = float(np.mean(squared) * (0.5 if p.shape[1] == 2 else 1.0))
+  nll = float(-np.mean(np.log(np.clip(p[rows, y], np.finfo(np.float64).eps, 1.0))))
+  return {"ece": ece, "mce": mce, "adaptive_ece": adaptive_ece, "brier": brier, "nll": nll}

@@ -16,6 +16,10 @@ patterns. Outputs in DIR, per image id (the file name without its extension):
   rows summing to 1; the seven ISIC 2018 Task 3 diagnoses are written as its submission header
   ``MEL,NV,BCC,AKIEC,BKL,DF,VASC``) and ``labels.csv`` (``image,label``: the most probable class).
 
+Probabilities are those of ``flaxderm.load_run``: of the logits divided by the run's temperature
+when it holds ``calibration.json`` (``launch.py evaluate --calibrate``); masks and labels are the
+same either way.
+
 An input that cannot be read is named on stderr, listed in ``DIR/skipped.txt`` and left out; the
 others are still written. Existing outputs are never replaced without ``--overwrite``.
 """

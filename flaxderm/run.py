@@ -14,10 +14,16 @@ resize mode and normalisation).
 
 A cross-validation run (a directory of ``fold_*/`` runs) loads as one model: the average of the
 folds' probabilities.
+
+A run calibrated by ``launch.py evaluate --calibrate`` (``flaxderm.calibration``) holds its
+temperature T in ``calibration.json``; its logits are divided by T before the probabilities are
+taken (each fold by its own), unless ``load_run(..., calibrated=False)``.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,7 +40,10 @@ from flaxderm.train import setup
 from flaxderm.train import step as step_lib
 from flaxderm.train.state import TrainState
 
+log = logging.getLogger(__name__)
+
 CONFIG = "config.json"
+CALIBRATION = "calibration.json"
 FOLD_PATTERN = "fold_*"
 THRESHOLD = 0.5
 
@@ -84,6 +93,21 @@ def restore_state(workdir: Path, cfg: ml_collections.ConfigDict, info: setup.Run
   return model, state, step, which, use_ema
 
 
+def stored_temperature(workdir: Path, **loaded) -> float:
+  """The temperature in ``workdir/calibration.json`` (1.0 when the run is not calibrated); a
+  warning when it was fitted for other ``params``, ``ema``, ``tta`` or ``step`` than ``loaded``
+  (e.g. the run trained on after it)."""
+  path = workdir / CALIBRATION
+  if not path.is_file():
+    return 1.0
+  saved = json.loads(path.read_text())
+  fitted = {key: saved[key] for key in loaded}
+  if fitted != loaded:
+    log.warning("%s: temperature %.4f was fitted for %s, applied to %s", path,
+                saved["temperature"], fitted, loaded)
+  return float(saved["temperature"])
+
+
 def probabilities_of(logits: jax.Array, task: str) -> jax.Array:
   """Lesion probability maps (N, H, W) of segmentation logits, or class probabilities (N, K)."""
   logits = logits.astype(jnp.float32)
@@ -108,6 +132,7 @@ class Member:
   model: object
   state: TrainState
   forward: Callable[[TrainState, jax.Array], jax.Array]  # model inputs -> probabilities
+  temperature: float = 1.0  # the logits are divided by it (calibration.json)
 
   def __post_init__(self):
     self.infer = jax.jit(self.forward)
@@ -184,10 +209,11 @@ def _checked_image(image: np.ndarray, index: int) -> np.ndarray:
 
 
 def load_run(workdir: str | Path, *, params: str | None = None, use_ema: bool | None = None,
-             tta: str | None = None, batch_size: int = 8) -> Run:
+             tta: str | None = None, batch_size: int = 8, calibrated: bool = True) -> Run:
   """The run in ``workdir`` (or its folds) with its "last" or "best" parameters (default: the
   run's ``final_params``), their EMA or not (default: the run's ``use_ema``) and its test-time
-  augmentation (default: ``eval.tta``; "none", "hflip" or "flips")."""
+  augmentation (default: ``eval.tta``; "none", "hflip" or "flips"), temperature-scaled when
+  ``calibrated`` and the run holds a ``calibration.json``."""
   if batch_size < 1:
     raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
   directories = run_directories(workdir)
@@ -198,9 +224,12 @@ def load_run(workdir: str | Path, *, params: str | None = None, use_ema: bool | 
     info = setup.RunInfo.load(directory)
     model, state, step, which, ema = restore_state(directory, cfg, info, params, use_ema, par)
     predict = step_lib.make_predict_step(model, cfg, use_ema=ema)
-    forward = lambda s, x, predict=predict, task=info.task: probabilities_of(predict(s, x), task)
+    temperature = (stored_temperature(directory, params=which, ema=ema, tta=cfg.eval.tta,
+                                      step=step) if calibrated else 1.0)
+    forward = lambda s, x, predict=predict, task=info.task, t=temperature: probabilities_of(
+        predict(s, x) / t, task)
     members.append(Member(directory, cfg, setup.eval_data_config(cfg), step, model, state,
-                          forward))
+                          forward, temperature))
     infos.append(info)
     chosen = (which, ema)
   if any(info != infos[0] for info in infos):

@@ -11,6 +11,13 @@ import pytest
 # Keep TensorFlow (pulled in by TFDS) quiet during tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Importing torchvision after TensorFlow segfaults (torch 2.14 / torchvision 0.29 beside TFDS's
+# TensorFlow); the other order is safe, and a test process may need both (MONAI, timm, TFDS).
+try:
+  import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  pass
+
 
 def shared_data_dir() -> Path | None:
   """``../shared/data`` beside the checkout (or $FLAXDERM_SHARED_DATA), None when absent."""
@@ -65,3 +72,26 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "real_data" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture
+def torch_seed():
+  """Parity tests: the references' own weight init draws from torch's global generator."""
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def segmentation_run(tmp_path_factory, private_data_dir):
+  """A tiny trained U-Net run (tiny_runs.py), one per test module."""
+  del private_data_dir  # the module's own TFDS folder
+  from tiny_runs import train_segmentation_run  # pylint: disable=g-import-not-at-top
+  return train_segmentation_run(tmp_path_factory.mktemp("segmentation"))
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory, private_data_dir):
+  """A tiny trained ResNet classifier run (tiny_runs.py), one per test module."""
+  del private_data_dir
+  from tiny_runs import train_classification_run  # pylint: disable=g-import-not-at-top
+  return train_classification_run(tmp_path_factory.mktemp("classification"))

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,55 +17,14 @@ from flaxderm.data import config as data_config
 from flaxderm.data import pipeline
 from flaxderm.data import preprocess
 from flaxderm.data.builders import ham10000
-from flaxderm.train import config as config_lib
 from flaxderm.train import loop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tiny_runs import tiny_config, write_image  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("private_data_dir")
-
-
-def tiny_config(**changes) -> ml_collections.ConfigDict:
-  c = config_lib.default_config()
-  c.model.kwargs = {"base_width": 4, "depth": 2}
-  c.data.image_size = 32
-  c.data.builder_kwargs = {"num_train": 16, "num_validation": 8, "num_test": 4, "image_size": 48}
-  c.batch_size = 4
-  c.num_epochs = 0
-  c.num_steps = 4
-  c.eval.every_steps = 4
-  c.eval.batch_size = 8
-  c.progress_bar = False
-  c.visualize_images = 0
-  for key, value in changes.items():
-    config_lib.apply_override(c, key, str(value))
-  return c
-
-
-@pytest.fixture(scope="module")
-def segmentation_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("segmentation")
-  loop.train(tiny_config(), workdir)
-  return workdir
-
-
-@pytest.fixture(scope="module")
-def classification_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("classification")
-  cfg = tiny_config(**{"model.name": "resnet18", "data.task": "classification",
-                       "loss.name": "cross_entropy", "data.normalization": "dataset"})
-  cfg.model.kwargs = {"depths": (1, 1, 1, 1)}
-  loop.train(cfg, workdir)
-  return workdir
-
-
-def write_image(path: Path, height: int, width: int, seed: int = 0) -> Path:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-  Image.fromarray(pixels).save(path)
-  return path
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,3 +10,13 @@ def test_ci_runs_the_readme_test_command():
   test_command = "python -m pytest -n 2 -q"
   assert test_command in readme
   assert ci_lines[-1] == test_command
+
+
+def test_readme_lists_every_registered_model():
+  from flaxderm.models import list_models  # pylint: disable=g-import-not-at-top
+
+  readme = (ROOT / "README.md").read_text()
+  section = readme[readme.index("## Models"):]
+  section = section[:section.index("\n## ", 1)]
+  missing = [n for n in list_models() if f"`{n}`" not in section]
+  assert not missing, f"README.md's model list lacks {missing}"

@@ -120,8 +120,8 @@ def _evaluate_cross_validation(workdir: Path, folds: list[Path], *, manual_dir: 
     headline = summary["mean"]
     rows = [{"fold": fold.name, **row} for fold in folds
             for row in read_cases(fold / "evaluation" / "cases.csv")]
-    if jax.process_index() == 0:
-      write_cases(out / "cases.csv", rows)  # out of fold: each case scored by the fold that held it out
+    if jax.process_index() == 0:  # out of fold: each case scored by the fold that held it out
+      write_cases(out / "cases.csv", rows)
   else:
     headline = _score(folds, out, manual_dir=manual_dir, **options)
   if jax.process_index() == 0:

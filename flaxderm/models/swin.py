@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxderm.models import layers
+from flaxderm.models import pretrained
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 from flaxderm.models.vit import DENSE_INIT, Attention, Block, PatchEmbed
@@ -304,3 +305,7 @@ def swin_base(*, num_classes: int, **options) -> SwinTransformer:
 
 register_rules("swin", NameRules(rules=(("head.fc", "head"),), head=("head.fc",),
                                  derived=r"(^|\.)(relative_position_index|attn_mask)$"))
+
+
+pretrained.register_tag(pretrained.timm_tag("swin_tiny.ms_in1k", "swin_tiny",
+                                            "timm/swin_tiny_patch4_window7_224.ms_in1k"))

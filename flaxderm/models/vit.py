@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxderm.models import layers
+from flaxderm.models import pretrained
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 
@@ -296,3 +297,8 @@ def vit_base(*, num_classes: int, **options) -> VisionTransformer:
 
 
 register_rules("vit", NameRules(head=("head",)))
+
+
+pretrained.register_tag(pretrained.timm_tag(
+    "vit_tiny.augreg_in21k_ft_in1k", "vit_tiny", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+    pretrained.SYMMETRIC, pretrained.SYMMETRIC))

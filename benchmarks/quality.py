@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats as scipy_stats
+from sklearn.metrics import balanced_accuracy_score
 
 import environment  # benchmarks/environment.py, beside this script
 
@@ -189,11 +190,6 @@ def table(comparison: Comparison, rows: list[tuple[str, int, dict]], budget: flo
   return "\n".join(lines)
 
 
-def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-  """Mean recall over the classes present in ``labels`` (scikit-learn's definition)."""
-  return float(np.mean([np.mean(predictions[labels == c] == c) for c in np.unique(labels)]))
-
-
 def paired_table(comparison: Comparison, rows: list[tuple[str, int, dict]], reference: str,
                  label: str, seed: int = 0) -> str:
   """Per fold flaxderm minus reference, then mean difference, sign and Wilcoxon tests, the bar
@@ -247,9 +243,9 @@ def paired_table(comparison: Comparison, rows: list[tuple[str, int, dict]], refe
       for s in (reference, label):
         labels, predictions = pooled[s]
         pick = rng.integers(0, len(labels), len(labels))
-        values.append(balanced_accuracy(labels[pick], predictions[pick]))
+        values.append(balanced_accuracy_score(labels[pick], predictions[pick]))
       samples.append(values[1] - values[0])
-    point = {s: balanced_accuracy(*pooled[s]) for s in pooled}
+    point = {s: balanced_accuracy_score(*pooled[s]) for s in pooled}
     low, high = np.percentile(samples, [2.5, 97.5])
     lines.append(f"Pooled out-of-fold balanced accuracy: reference {point[reference]:.4f} "
                  f"({len(pooled[reference][0])} cases), flaxderm {point[label]:.4f} "

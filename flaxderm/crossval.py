@@ -31,7 +31,6 @@ from flaxderm.train import config as config_lib
 log = logging.getLogger(__name__)
 
 CV_SUMMARY = "cv_summary.json"
-RESULTS = "results.json"
 
 
 def fold_directory(workdir: Path, fold: int) -> Path:
@@ -57,11 +56,10 @@ def train_folds(cfg: ml_collections.ConfigDict, workdir: str | Path, num_folds: 
   if (workdir / run_lib.CONFIG).is_file():
     raise ValueError(f"{workdir} holds a single training run; give the cross-validation run "
                      f"its own --workdir")
-  existing = sorted(p.name for p in workdir.glob(run_lib.FOLD_PATTERN)
-                    if p.name not in {fold_directory(workdir, i).name for i in range(num_folds)})
-  if existing:
-    raise ValueError(f"{workdir} holds folds {existing} beyond --folds {num_folds}")
-  config_lib.validate_config(fold_config(cfg, num_folds, 0))
+  expected = {fold_directory(workdir, i).name for i in range(num_folds)}
+  beyond = sorted(p.name for p in workdir.glob(run_lib.FOLD_PATTERN) if p.name not in expected)
+  if beyond:
+    raise ValueError(f"{workdir} holds folds {beyond} beyond --folds {num_folds}")
   names, metrics, best = [], [], None
   for fold in range(num_folds):
     fold_cfg = fold_config(cfg, num_folds, fold)
@@ -85,13 +83,13 @@ def train_folds(cfg: ml_collections.ConfigDict, workdir: str | Path, num_folds: 
 
 def _finished(directory: Path, cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """The results of a fold that completed, checked to be this fold of this CV; None otherwise."""
-  if not (directory / RESULTS).is_file():
+  if not (directory / run_lib.RESULTS).is_file():
     return None
   saved = config_lib.load_config(directory / run_lib.CONFIG).data
   if (saved.num_folds, saved.fold) != (cfg.data.num_folds, cfg.data.fold):
     raise ValueError(f"{directory} holds fold {saved.fold} of {saved.num_folds}, not fold "
                      f"{cfg.data.fold} of {cfg.data.num_folds}")
-  return json.loads((directory / RESULTS).read_text())
+  return json.loads((directory / run_lib.RESULTS).read_text())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -197,20 +197,12 @@ def _check_ensemble(runs: list[Path], cfgs: list[ml_collections.ConfigDict],
                        f"{infos[0].task} {infos[0].class_names}")
 
 
-# Which records are read, not how each image is prepared: the folds differ here.
-_SPLIT_KEYS = ("split", "source_split", "num_folds", "fold", "split_seed", "train_split")
-
-
-def _preparation(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {k: v for k, v in data_cfg.to_dict().items() if k not in _SPLIT_KEYS}
-
-
 def _ensemble_batches(data_cfgs: list[ml_collections.ConfigDict], split: str, batch_size: int):
   """One stream of batches for every member: the same cases in the same order, ``image`` of
   shape (N, members, H, W, C) when members prepare images differently (e.g. each fold's own
   dataset normalisation), else the one shared (N, H, W, C)."""
-  first = _preparation(data_cfgs[0])
-  if all(_preparation(d) == first for d in data_cfgs[1:]):
+  first = pipeline.preparation(data_cfgs[0])
+  if all(pipeline.preparation(d) == first for d in data_cfgs[1:]):
     yield from scoring.eval_batches(data_cfgs[0], split, batch_size)
     return
   streams = [scoring.eval_batches(d, split, batch_size) for d in data_cfgs]

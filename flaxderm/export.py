@@ -156,7 +156,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def model_card(run: run_lib.Run, fmt: str, graph: dict[str, Any]) -> dict[str, Any]:
   cfg = run.cfg
   data = run.members[0].data_cfg
-  results = _read_json(run.members[0].workdir / "results.json") or {}
+  results = _read_json(run.members[0].workdir / run_lib.RESULTS) or {}
   evaluation = _read_json(run.members[0].workdir / "evaluation" / "metrics.json")
   stats = preprocess_lib.normalization_stats(data.normalization, data.mean, data.std)
   output = ("lesion probability per pixel, (N, S, S); threshold 0.5 for the mask"

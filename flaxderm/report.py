@@ -95,10 +95,6 @@ def _case_run(workdir: Path, row: Mapping[str, str]) -> Path:
   return workdir / row["fold"] if "fold" in row else workdir
 
 
-def _record_id(value: Any) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def _case_images(workdir: Path, rows: Sequence[Mapping[str, str]]
                  ) -> list[tuple[np.ndarray, Any]]:
   """Per row, (uint8 RGB image, bool mask or None) at the original size, read from the
@@ -114,7 +110,7 @@ def _case_images(workdir: Path, rows: Sequence[Mapping[str, str]]
     records = source.split(split)
     for index in indices:
       record = records[int(index)]
-      case_id = _record_id(record["id"])
+      case_id = pipeline.record_text(record["id"])
       if case_id in wanted:
         mask = None
         if source.has_mask:
@@ -405,7 +401,7 @@ def write_report(workdir: str | Path, *, params: str | None = None, use_ema: boo
   rows, evaluation = _evaluation(workdir, cv, dict(params=params, use_ema=use_ema, tta=tta))
   if not rows:
     raise ValueError(f"{workdir}/evaluation/cases.csv holds no cases")
-  results = [json.loads(p.read_text()) for p in (r / "results.json" for r in runs)
+  results = [json.loads(p.read_text()) for p in (r / run_lib.RESULTS for r in runs)
              if p.is_file()]
   headline = (results[0]["best_metric"] if results else cfg.eval.best_metric) or (
       "dice/per_image" if info.task == "segmentation" else "balanced_accuracy")

@@ -43,6 +43,7 @@ from flaxderm.train.state import TrainState
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
+RESULTS = "results.json"  # a finished training run's summary (flaxderm.train.loop)
 CALIBRATION = "calibration.json"
 FOLD_PATTERN = "fold_*"
 THRESHOLD = 0.5
@@ -176,7 +177,7 @@ class Run:
     total: list[np.ndarray] | None = None
     inputs: dict[str, list] = {}  # folds of a CV run share their preparation: done once
     for member in self.members:
-      key = member.data_cfg.to_json(sort_keys=True)
+      key = pipeline.preparation(member.data_cfg)
       if key not in inputs:
         inputs[key] = [pipeline.model_input(image, member.data_cfg) for image in images]
       prepared = inputs[key]

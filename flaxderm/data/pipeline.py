@@ -168,7 +168,8 @@ def _plain(value: Any) -> Any:
 # Splits: official, hashed by group, k-fold by group, all.
 
 
-def _text(value: Any) -> str:
+def record_text(value: Any) -> str:
+  """A record's string feature (TFDS gives bytes) as str."""
   return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
 
 
@@ -177,7 +178,7 @@ def _split_metadata(source: DataSource, name: str) -> tuple[tuple[str, ...], np.
   """(groups, labels or None) of every record of a split, in record order."""
   records = source.split(name)
   rows = [records[i] for i in range(len(records))]
-  groups = tuple(_text(r["group"]) if "group" in r else _text(r["id"]) for r in rows)
+  groups = tuple(record_text(r["group"]) if "group" in r else record_text(r["id"]) for r in rows)
   labels = np.asarray([int(r["label"]) for r in rows], np.int64) if source.class_names else None
   return groups, labels
 
@@ -207,6 +208,19 @@ def resolve_split(source: DataSource, cfg: Mapping[str, Any], name: str
   if indices.size == 0:
     raise ValueError(f"data.split={mode!r}: split {name!r} of {base!r} is empty")
   return base, indices
+
+
+# Which records a split reads, not how each image is prepared: the folds of a CV run differ here.
+SPLIT_KEYS = ("split", "source_split", "num_folds", "fold", "split_seed", "train_split",
+              "eval_split")
+
+
+def preparation(data_cfg: Mapping[str, Any]) -> str:
+  """A key equal for data configs that turn an image into the same model input (e.g. the folds of
+  a CV run sharing their normalisation), so such inputs are prepared once."""
+  plain = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
+  return json.dumps({k: v for k, v in plain.items() if k not in SPLIT_KEYS}, sort_keys=True,
+                    default=str)
 
 
 def split_groups(cfg: Mapping[str, Any], name: str) -> list[str]:
@@ -309,10 +323,10 @@ class PreparedSplit(Sequence):
       mask = (preprocess_lib.decode_image(record["mask"], channels=1, name="mask")[..., 0] > 0)
       mask = mask.astype(np.uint8)
       if mask.shape != image.shape[:2]:
-        raise ValueError(f"example {_text(record['id'])!r}: mask {mask.shape} does not match "
+        raise ValueError(f"example {record_text(record['id'])!r}: mask {mask.shape} does not match "
                          f"image {image.shape[:2]}")
     image, mask = prepare_pair(image, mask, self._cfg)
-    prepared = {"image": image, "id": _text(record["id"])}
+    prepared = {"image": image, "id": record_text(record["id"])}
     if mask is not None:
       prepared["mask"] = mask
     if self._has_label:

@@ -126,15 +126,39 @@ def run_reference(comparison: Comparison, args, scratch: Path, index: int,
                str(record), "--", *command[1:]]
   t = time.time()
   out = _run([sys.executable, *command], script.parent, scratch / f"reference_{index}.log")
+  return {**_reference_row(comparison, out, record), "wall s": time.time() - t}
+
+
+def _reference_row(comparison: Comparison, out: str, record: Path) -> dict:
   line = next(l for l in out.splitlines() if l.startswith("RESULT"))
   values = dict(re.findall(r"([A-Za-z][\w-]*(?: [A-Za-z][\w-]*)?) (-?\d+(?:\.\d+)?|nan)", line))
   row = {column: float(values[key]) for column, _, key in comparison.metrics}
   row["steps"] = int(values["RESULT steps"])
-  row["wall s"] = time.time() - t
   if record.is_file():
     cases = json.loads(record.read_text())
     row["cases"] = (np.array(cases["label"]), np.array(cases["prediction"]))
   return row
+
+
+def reuse_reference(comparison: Comparison, args, index: int, fold: int | None) -> dict:
+  """The reference row of run ``index`` from an earlier ``--keep`` directory, after checking that
+  it held out the same lesions and trained for the same budget (its last progress line)."""
+  source = Path(args.reference_from)
+  log = source / f"reference_{index}.log"
+  if not log.is_file():
+    raise SystemExit(f"--reference-from: {log} does not exist")
+  if fold is not None:
+    groups = source / f"fold_{fold}_groups.json"
+    if not groups.is_file() or json.loads(groups.read_text()) != fold_groups(comparison, args, fold):
+      raise SystemExit(f"--reference-from: {groups} is not the held-out lesion list of fold {fold} "
+                       f"of this {args.folds}-fold split")
+  out = log.read_text()
+  trained = [float(s) for s in re.findall(r"^\s*(\d+)s step \d+", out, re.M)]
+  if not trained or abs(trained[-1] - args.budget) > max(2.0, 0.02 * args.budget):
+    raise SystemExit(f"--reference-from: {log} trained for {trained[-1] if trained else '?'} s, "
+                     f"not the --budget of {args.budget:g} s")
+  return {**_reference_row(comparison, out, source / f"reference_{index}_cases.json"),
+          "wall s": float("nan")}
 
 
 def run_flaxderm(comparison: Comparison, args, scratch: Path, index: int,
@@ -274,6 +298,10 @@ def main(argv: list[str]) -> int:
                  help="extra flaxderm config override (repeatable), e.g. for ablations")
   p.add_argument("--label", default="flaxderm", help="name of the flaxderm rows")
   p.add_argument("--no-reference", action="store_true", help="flaxderm rows only")
+  p.add_argument("--reference-from", metavar="DIR",
+                 help="reuse the reference runs kept (--keep) in DIR by an earlier comparison with "
+                 "the same folds and budget instead of running them again: for ablations of the "
+                 "flaxderm recipe; final tables run both systems, alternating")
   p.add_argument("--no-append", action="store_true", help=f"do not append to {RESULTS.name}")
   p.add_argument("--keep", metavar="DIR",
                  help="write the runs and logs here and keep them (default: a temporary folder); "
@@ -296,7 +324,10 @@ def main(argv: list[str]) -> int:
       scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flaxderm-quality-")))
     for index in range(args.folds or args.runs):
       fold = index if args.folds else None
-      if with_reference:
+      if args.reference_from:
+        rows.append((comparison.reference, index, reuse_reference(comparison, args, index, fold)))
+        _show(rows[-1])
+      elif with_reference:
         rows.append((comparison.reference, index,
                      run_reference(comparison, args, scratch, index, fold)))
         _show(rows[-1])

@@ -142,19 +142,17 @@ def _validation_logits(workdir: Path, cfg, task: step_lib.Task, model, state, us
 
 def _calibrate_one(workdir: Path, *, params: str | None, use_ema: bool | None, tta: str | None,
                    batch_size: int | None) -> dict[str, Any]:
-  cfg = run_lib.run_config(workdir, tta=tta)
+  par = parallel_lib.DataParallel("auto")
+  run = run_lib.restore(workdir, params=params, use_ema=use_ema, tta=tta, par=par)
+  cfg = run.cfg
   if not config_lib.has_validation(cfg):
     raise ValueError(f"{workdir} trained on all of its data (data.split='all'): it has no "
                      "validation split to fit a temperature on")
-  info = setup.RunInfo.load(workdir)
-  par = parallel_lib.DataParallel("auto")
   batch_size = batch_size or cfg.eval.batch_size
   par.check_batch_size(batch_size, "eval.batch_size")
-  task = setup.make_task(cfg, info)
-  model, state, step, which, use_ema = run_lib.restore_state(workdir, cfg, info, params, use_ema,
-                                                             par)
-  logits, labels, cases = _validation_logits(workdir, cfg, task, model, state, use_ema,
-                                             batch_size, par)
+  task = setup.make_task(cfg, run.info)
+  logits, labels, cases = _validation_logits(workdir, cfg, task, run.model, run.state,
+                                             run.use_ema, batch_size, par)
   temperature = fit_temperature(logits, labels)
 
   def scores(t: float) -> dict[str, float]:
@@ -162,8 +160,8 @@ def _calibrate_one(workdir: Path, *, params: str | None, use_ema: bool | None, t
                                    num_bins=NUM_BINS)
 
   result = {"temperature": temperature, "run": str(workdir), "dataset": cfg.data.name,
-            "split": setup.eval_data_config(cfg).eval_split, "params": which, "ema": use_ema,
-            "tta": cfg.eval.tta, "step": step, "cases": cases,
+            "split": setup.eval_data_config(cfg).eval_split, "params": run.params,
+            "ema": run.use_ema, "tta": cfg.eval.tta, "step": run.step, "cases": cases,
             "predictions": int(len(labels)),
             "num_bins": NUM_BINS, "before": scores(1.0), "after": scores(temperature)}
   log.info("%s: temperature %.4f on %d validation predictions (NLL %.4f -> %.4f)", workdir,

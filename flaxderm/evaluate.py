@@ -147,24 +147,22 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
     if jax.process_index() == 0:
       for run in runs:
         locks.enter_context(RunLock(run, "evaluation"))
-    cfgs = [run_lib.run_config(run, tta=tta) for run in runs]
-    infos = [setup.RunInfo.load(run) for run in runs]
-    cfg, info = cfgs[0], infos[0]
-    _check_ensemble(runs, cfgs, infos)
     par = parallel_lib.DataParallel("auto")
+    restored = [run_lib.restore(run, params=params, use_ema=use_ema, tta=tta, par=par)
+                for run in runs]
+    _check_ensemble(restored)
+    first = restored[0]
+    cfg, which, use_ema = first.cfg, first.params, first.use_ema
     batch_size = batch_size or cfg.eval.batch_size
     par.check_batch_size(batch_size, "eval.batch_size")
-    task = setup.make_task(cfg, info)
-    restored = [run_lib.restore_state(run, c, i, params, use_ema, par)
-                for run, c, i in zip(runs, cfgs, infos)]
-    model, state, step, which, use_ema = restored[0]
+    task = setup.make_task(cfg, first.info)
     ensemble = len(runs) > 1
-    if ensemble:
-      state = tuple(r[1] for r in restored)
+    state = tuple(r.state for r in restored) if ensemble else first.state
     case_step = par.compile_case_step(step_lib.make_case_step(
-        model, task, cfg, use_ema=use_ema, members=len(runs) if ensemble else 0))
+        first.model, task, cfg, use_ema=use_ema, members=len(runs) if ensemble else 0))
     with tempfile.TemporaryDirectory(prefix="flaxderm-eval-") as scratch:
-      scored = [_scoring_data(c, manual_dir, scratch if manual_dir else None) for c in cfgs]
+      scored = [_scoring_data(r.cfg, manual_dir, scratch if manual_dir else None)
+                for r in restored]
       data_cfg, split = scored[0]
       batches = (scoring.eval_batches(data_cfg, split, batch_size) if not ensemble else
                  _ensemble_batches([d for d, _ in scored], split, batch_size))
@@ -177,24 +175,22 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
     write_cases(out / "cases.csv", rows)
     (out / "metrics.json").write_text(json.dumps(
         {"dataset": data_cfg.name, "split": split, "manual_dir": manual_dir, "params": which,
-         "ema": use_ema, "tta": cfg.eval.tta, "step": step if not ensemble else
-         [r[2] for r in restored], "runs": [str(r) for r in runs] if ensemble else None,
+         "ema": use_ema, "tta": cfg.eval.tta, "step": first.step if not ensemble else
+         [r.step for r in restored], "runs": [str(r) for r in runs] if ensemble else None,
          "metrics": json.loads(json_line(metrics))}, indent=2) + "\n")
   log.info("scored %s params of %s on %s/%s: %d cases", which,
-           f"{len(runs)} folds" if ensemble else f"step {step}", data_cfg.name, split, len(rows))
+           f"{len(runs)} folds" if ensemble else f"step {first.step}", data_cfg.name, split, len(rows))
   return metrics
 
 
-def _check_ensemble(runs: list[Path], cfgs: list[ml_collections.ConfigDict],
-                    infos: list[setup.RunInfo]) -> None:
-  """The members of an ensemble must be one architecture predicting the same classes."""
-  for run, c, i in zip(runs[1:], cfgs[1:], infos[1:]):
-    if c.model.to_dict() != cfgs[0].model.to_dict():
-      raise ValueError(f"{run}: its model config differs from {runs[0]}'s; a fold ensemble needs "
-                       f"one architecture")
-    if (i.task, i.class_names) != (infos[0].task, infos[0].class_names):
-      raise ValueError(f"{run}: task/classes {i.task} {i.class_names} differ from {runs[0]}'s "
-                       f"{infos[0].task} {infos[0].class_names}")
+def _check_ensemble(restored: list[run_lib.Restored]) -> None:
+  """The members of an ensemble must be one architecture (one compiled step) predicting the same
+  classes."""
+  run_lib.check_members(restored, restored[0].workdir.parent)
+  for r in restored[1:]:
+    if r.cfg.model.to_dict() != restored[0].cfg.model.to_dict():
+      raise ValueError(f"{r.workdir}: its model config differs from {restored[0].workdir}'s; a "
+                       "fold ensemble needs one architecture")
 
 
 def _ensemble_batches(data_cfgs: list[ml_collections.ConfigDict], split: str, batch_size: int):

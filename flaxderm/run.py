@@ -71,12 +71,28 @@ def run_config(workdir: Path, *, tta: str | None = None) -> ml_collections.Confi
   return cfg
 
 
-def restore_state(workdir: Path, cfg: ml_collections.ConfigDict, info: setup.RunInfo,
-                  which: str | None, use_ema: bool | None, par: parallel_lib.DataParallel
-                  ) -> tuple[object, TrainState, int, str, bool]:
-  """(model, inference state, step, which, use_ema) of a run's "last" or "best" parameters
-  (default: the run's ``final_params``), with or without their EMA (default: ``use_ema``)."""
-  which = which or cfg.final_params
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A trained run read back for inference: its saved config and info, and the parameters chosen
+  (``restore``)."""
+
+  workdir: Path
+  cfg: ml_collections.ConfigDict
+  info: setup.RunInfo
+  model: object
+  state: TrainState
+  step: int
+  params: str  # "last" or "best"
+  use_ema: bool
+
+
+def restore(workdir: Path, *, params: str | None, use_ema: bool | None, tta: str | None,
+            par: parallel_lib.DataParallel) -> Restored:
+  """The run's "last" or "best" parameters (default: its ``final_params``), with or without their
+  EMA (default: its ``use_ema``), its config carrying ``tta`` when given (``run_config``)."""
+  cfg = run_config(workdir, tta=tta)
+  info = setup.RunInfo.load(workdir)
+  which = params or cfg.final_params
   if which not in config_lib.FINAL_PARAMS:
     raise ValueError(f"--params must be one of {config_lib.FINAL_PARAMS}, got {which!r}")
   use_ema = cfg.use_ema if use_ema is None else use_ema
@@ -91,7 +107,15 @@ def restore_state(workdir: Path, cfg: ml_collections.ConfigDict, info: setup.Run
       which, target, par.replicated)
   state = TrainState(step=None, params=weights["params"], batch_stats=weights["batch_stats"],
                      opt_state=None, rng=None, ema_params=weights["ema_params"])
-  return model, state, step, which, use_ema
+  return Restored(workdir, cfg, info, model, state, step, which, use_ema)
+
+
+def check_members(members: Sequence[Restored], workdir: Path | str) -> None:
+  """The runs averaged as one model (the folds of ``workdir``) must predict the same classes."""
+  infos = [m.info for m in members]
+  if any(info != infos[0] for info in infos):
+    raise ValueError(f"the folds of {workdir} disagree on task or classes: "
+                     f"{sorted({(i.task, i.class_names) for i in infos})}")
 
 
 def stored_temperature(workdir: Path, **loaded) -> float:
@@ -217,24 +241,18 @@ def load_run(workdir: str | Path, *, params: str | None = None, use_ema: bool | 
   ``calibrated`` and the run holds a ``calibration.json``."""
   if batch_size < 1:
     raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-  directories = run_directories(workdir)
   par = parallel_lib.DataParallel("auto")
-  members, infos, chosen = [], [], None
-  for directory in directories:
-    cfg = run_config(directory, tta=tta)
-    info = setup.RunInfo.load(directory)
-    model, state, step, which, ema = restore_state(directory, cfg, info, params, use_ema, par)
-    predict = step_lib.make_predict_step(model, cfg, use_ema=ema)
-    temperature = (stored_temperature(directory, params=which, ema=ema, tta=cfg.eval.tta,
-                                      step=step) if calibrated else 1.0)
-    forward = lambda s, x, predict=predict, task=info.task, t=temperature: probabilities_of(
+  restored = [restore(directory, params=params, use_ema=use_ema, tta=tta, par=par)
+              for directory in run_directories(workdir)]
+  check_members(restored, workdir)
+  members = []
+  for r in restored:
+    predict = step_lib.make_predict_step(r.model, r.cfg, use_ema=r.use_ema)
+    temperature = (stored_temperature(r.workdir, params=r.params, ema=r.use_ema,
+                                      tta=r.cfg.eval.tta, step=r.step) if calibrated else 1.0)
+    forward = lambda s, x, predict=predict, task=r.info.task, t=temperature: probabilities_of(
         predict(s, x) / t, task)
-    members.append(Member(directory, cfg, setup.eval_data_config(cfg), step, model, state,
-                          forward, temperature))
-    infos.append(info)
-    chosen = (which, ema)
-  if any(info != infos[0] for info in infos):
-    raise ValueError(f"the folds of {workdir} disagree on task or classes: "
-                     f"{sorted({(i.task, i.class_names) for i in infos})}")
-  return Run(Path(workdir).resolve(), infos[0], members, params=chosen[0], use_ema=chosen[1],
-             batch_size=batch_size)
+    members.append(Member(r.workdir, r.cfg, setup.eval_data_config(r.cfg), r.step, r.model,
+                          r.state, forward, temperature))
+  return Run(Path(workdir).resolve(), restored[0].info, members, params=restored[0].params,
+             use_ema=restored[0].use_ema, batch_size=batch_size)

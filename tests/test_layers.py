@@ -34,6 +34,20 @@ def test_depthwise_conv_equals_grouped_conv_with_gradients(kernel_size, strides,
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
 
 
+def test_depthwise_conv_gradients_in_bfloat16_keep_dtypes_and_values():
+  x = jax.random.normal(jax.random.key(0), (3, 12, 12, 8))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 8))
+  probe = jax.random.normal(jax.random.key(2), (3, 6, 6, 8))
+
+  def grads(dtype):
+    loss = lambda x, k: jnp.sum(layers.depthwise_conv(x, k, strides=2).astype(jnp.float32) * probe)
+    return jax.grad(loss, (0, 1))(x.astype(dtype), kernel.astype(dtype))
+
+  for low, full in zip(grads(jnp.bfloat16), grads(jnp.float32)):
+    assert low.dtype == jnp.bfloat16
+    np.testing.assert_allclose(low.astype(np.float32), full, rtol=0.05, atol=0.3)
+
+
 def test_depthwise_conv_names_a_kernel_that_does_not_fit():
   with pytest.raises(ValueError, match=r"kernel shape \(3, 3, 1, 4\).*\(1, 8, 8, 6\)"):
     layers.depthwise_conv(jnp.zeros((1, 8, 8, 6)), jnp.zeros((3, 3, 1, 4)))

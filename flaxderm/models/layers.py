@@ -7,6 +7,7 @@ TensorFlow's SAME, which pads the extra row/column at the bottom/right for even 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -102,7 +103,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int = 1, dilatio
 
   The same mathematics as ``lax.conv_general_dilated(..., feature_group_count=C)``, written with
   elementwise ops because XLA:CPU runs grouped convolutions -- and above all their gradients --
-  5-7x slower than this fused sum (benchmarks/NOTES.md, "Depthwise and 1x1 convolutions").
+  5-7x slower than this fused sum (benchmarks/NOTES.md, "Depthwise and 1x1 convolutions"). The
+  kernel gradient is computed one example at a time (``_depthwise_kernel_gradient``).
   """
   k = kernel.shape[0]
   if kernel.shape[:3] != (k, k, 1) or kernel.shape[3] != x.shape[-1]:
@@ -110,18 +112,72 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int = 1, dilatio
   window = dilation * (k - 1) + 1
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(x.shape[1:3], (window, window), (strides, strides), padding)
-  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  n, h, w, c = x.shape
-  out_h, out_w = (h - window) // strides + 1, (w - window) // strides + 1
-  out = None
+  return _depthwise(x, kernel, strides, dilation, tuple(tuple(int(p) for p in pad)
+                                                          for pad in padding))
+
+
+def _depthwise_taps(x: jax.Array, out_shape: tuple[int, int], k: int, strides: int,
+                    dilation: int):
+  """The k*k shifted, strided slices of the padded ``x`` that tap (i, j) of the kernel sees."""
+  out_h, out_w = out_shape
+  n, _, _, c = x.shape
   for i in range(k):
     for j in range(k):
       top, left = i * dilation, j * dilation
-      tap = jax.lax.slice(x, (0, top, left, 0),
-                          (n, top + (out_h - 1) * strides + 1, left + (out_w - 1) * strides + 1, c),
-                          (1, strides, strides, 1)) * kernel[i, j, 0]
-      out = tap if out is None else out + tap
+      yield i, j, jax.lax.slice(
+          x, (0, top, left, 0),
+          (n, top + (out_h - 1) * strides + 1, left + (out_w - 1) * strides + 1, c),
+          (1, strides, strides, 1))
+
+
+def _depthwise_forward(x, kernel, strides, dilation, padding):
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  k = kernel.shape[0]
+  window = dilation * (k - 1) + 1
+  out_shape = tuple((size - window) // strides + 1 for size in x.shape[1:3])
+  out = None
+  for i, j, tap in _depthwise_taps(x, out_shape, k, strides, dilation):
+    out = tap * kernel[i, j, 0] if out is None else out + tap * kernel[i, j, 0]
   return out
+
+
+def _depthwise_kernel_gradient(x, out_grad, k, strides, dilation, padding):
+  """Sum over examples and pixels of each tap times the output gradient, one example per scan
+  step: the k*k reductions then read an example's slices from cache, where over the whole batch
+  each reads them from memory again (1.3-1.5x faster EfficientNet-Lite0 training steps on a
+  2-core CPU, benchmarks/NOTES.md)."""
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  accumulate = jnp.promote_types(out_grad.dtype, jnp.float32)
+
+  def add_example(total, example):
+    image, grad = example[0][None], example[1][None]
+    sums = {(i, j): jnp.sum(tap * grad, axis=(0, 1, 2), dtype=accumulate)
+            for i, j, tap in _depthwise_taps(image, grad.shape[1:3], k, strides, dilation)}
+    return total + jnp.stack([sums[(i, j)] for i in range(k) for j in range(k)]), None
+
+  total = jnp.zeros((k * k, x.shape[-1]), accumulate)
+  total, _ = jax.lax.scan(add_example, total, (x, out_grad))
+  return total.reshape(k, k, 1, x.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise(x, kernel, strides, dilation, padding):
+  return _depthwise_forward(x, kernel, strides, dilation, padding)
+
+
+def _depthwise_fwd(x, kernel, strides, dilation, padding):
+  return _depthwise_forward(x, kernel, strides, dilation, padding), (x, kernel)
+
+
+def _depthwise_bwd(strides, dilation, padding, residuals, out_grad):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda v: _depthwise_forward(v, kernel, strides, dilation, padding), x)
+  kernel_grad = _depthwise_kernel_gradient(x, out_grad, kernel.shape[0], strides, dilation,
+                                           padding)
+  return input_vjp(out_grad)[0], kernel_grad.astype(kernel.dtype)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def max_pool(x: jax.Array, window: int, strides: int, padding: int = 0) -> jax.Array:

@@ -95,8 +95,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.schedule.div_factor = 25.0  # one_cycle
   c.schedule.final_div_factor = 1e4  # one_cycle
 
-  # Length: num_steps, else num_epochs; budget_s > 0 (wall-clock seconds of training, evaluation
-  # excluded) stops earlier and lays the schedule over the budget.
+  # Length: num_steps, else num_epochs; budget_s > 0 (wall-clock seconds of training; compilation
+  # and evaluation excluded) stops earlier and lays the schedule over the budget.
   c.batch_size = 8  # global, over all devices and processes
   c.num_epochs = 10
   c.num_steps = 0

@@ -142,12 +142,12 @@ def _validation_logits(workdir: Path, cfg, task: step_lib.Task, model, state, us
 
 def _calibrate_one(workdir: Path, *, params: str | None, use_ema: bool | None, tta: str | None,
                    batch_size: int | None) -> dict[str, Any]:
+  if not config_lib.has_validation(run_lib.run_config(workdir)):  # before reading checkpoints
+    raise ValueError(f"{workdir} trained on all of its data (data.split='all'): it has no "
+                     "validation split to fit a temperature on")
   par = parallel_lib.DataParallel("auto")
   run = run_lib.restore(workdir, params=params, use_ema=use_ema, tta=tta, par=par)
   cfg = run.cfg
-  if not config_lib.has_validation(cfg):
-    raise ValueError(f"{workdir} trained on all of its data (data.split='all'): it has no "
-                     "validation split to fit a temperature on")
   batch_size = batch_size or cfg.eval.batch_size
   par.check_batch_size(batch_size, "eval.batch_size")
   task = setup.make_task(cfg, run.info)

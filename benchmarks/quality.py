@@ -149,7 +149,8 @@ def reuse_reference(comparison: Comparison, args, index: int, fold: int | None) 
     raise SystemExit(f"--reference-from: {log} does not exist")
   if fold is not None:
     groups = source / f"fold_{fold}_groups.json"
-    if not groups.is_file() or json.loads(groups.read_text()) != fold_groups(comparison, args, fold):
+    expected = fold_groups(comparison, args, fold)
+    if not groups.is_file() or json.loads(groups.read_text()) != expected:
       raise SystemExit(f"--reference-from: {groups} is not the held-out lesion list of fold {fold} "
                        f"of this {args.folds}-fold split")
   out = log.read_text()

@@ -179,7 +179,8 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
          [r.step for r in restored], "runs": [str(r) for r in runs] if ensemble else None,
          "metrics": json.loads(json_line(metrics))}, indent=2) + "\n")
   log.info("scored %s params of %s on %s/%s: %d cases", which,
-           f"{len(runs)} folds" if ensemble else f"step {first.step}", data_cfg.name, split, len(rows))
+           f"{len(runs)} folds" if ensemble else f"step {first.step}", data_cfg.name, split,
+           len(rows))
   return metrics
 
 

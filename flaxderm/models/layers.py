@@ -151,9 +151,9 @@ def _depthwise_kernel_gradient(x, out_grad, k, strides, dilation, padding):
 
   def add_example(total, example):
     image, grad = example[0][None], example[1][None]
-    sums = {(i, j): jnp.sum(tap * grad, axis=(0, 1, 2), dtype=accumulate)
-            for i, j, tap in _depthwise_taps(image, grad.shape[1:3], k, strides, dilation)}
-    return total + jnp.stack([sums[(i, j)] for i in range(k) for j in range(k)]), None
+    taps = _depthwise_taps(image, grad.shape[1:3], k, strides, dilation)  # row-major (i, j)
+    return total + jnp.stack([jnp.sum(tap * grad, axis=(0, 1, 2), dtype=accumulate)
+                              for _, _, tap in taps]), None
 
   total = jnp.zeros((k * k, x.shape[-1]), accumulate)
   total, _ = jax.lax.scan(add_example, total, (x, out_grad))

@@ -15,8 +15,8 @@ Run directory (``workdir``)::
     nonfinite_batch.json   written when a non-finite loss stops the run: step and example ids
 
 Timing: ``budget_s`` counts training time only (input, update and logging), not compilation,
-evaluation or checkpoint writing, and the schedule follows ``elapsed / budget_s``. Ctrl-C (or SIGTERM) stops
-after the current step and saves a checkpoint; a second Ctrl-C aborts at once.
+evaluation or checkpoint writing, and the schedule follows ``elapsed / budget_s``. Ctrl-C (or
+SIGTERM) stops after the current step and saves a checkpoint; a second Ctrl-C aborts at once.
 """
 from __future__ import annotations
 

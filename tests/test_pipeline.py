@@ -85,6 +85,7 @@ def test_default_config_has_every_option():
     ("split", "random", "data.split"),
     ("task", "detection", "data.task"),
     ("crop_fraction", 1.5, "data.crop_fraction"),
+    ("train_crop", "zoom", "data.train_crop"),
 ])
 def test_bad_config_values_name_the_key(key, value, message):
   cfg = config_lib.default_data_config()
@@ -105,6 +106,9 @@ def test_bad_config_keys_and_folds_name_the_key():
   cfg = config_lib.default_data_config()
   cfg.batch_size = 3
   with pytest.raises(ValueError, match=r"data\.batch_size"):
+    config_lib.validate_data_config(cfg)
+  cfg = small_config(train_crop="random", resize="pad")
+  with pytest.raises(ValueError, match=r"data\.train_crop='random' needs data\.resize='crop'"):
     config_lib.validate_data_config(cfg)
   cfg = small_config(split="kfold", num_folds=5, fold=5)
   with pytest.raises(ValueError, match=r"data\.fold"):
@@ -183,6 +187,35 @@ def test_resize_keeps_proportions():
   assert all(0.9 < a < 1.1 for a in aspect("crop"))
   assert all(0.9 < a < 1.1 for a in aspect("pad"))
   assert all(0.65 < a < 0.9 for a in aspect("stretch"))  # x by 32/52, y by 32/40: 0.77
+
+
+def test_random_train_crop_sees_the_sides_evaluation_crops_away():
+  """``train_crop="random"``: windows of the centred square's scale at random positions, so the
+  image's ends (marked green here) reach training, never evaluation; mask stays aligned."""
+  def marked(i):
+    record = lesion_record(i)
+    record["image"] = record["image"].copy()
+    record["image"][:, :4] = record["image"][:, -4:] = (0, 255, 0)  # outside the 40 px square
+    return record
+
+  source = pipeline.InMemorySource({"train": [marked(i) for i in range(8)]},
+                                   class_names=["nevus", "melanoma", "keratosis"])
+  cfg = small_config(normalization="unit", train_crop="random", shuffle=False)
+  cfg.augment.hflip.p = cfg.augment.vflip.p = 0.0
+  green = lambda images: (images[..., 1] > 0.9) & (images[..., 0] < 0.1)  # noqa: E731
+  evaluation = next(pipeline.make_eval_iterator(cfg, "train", global_batch_size=8,
+                                                source=source))
+  assert not green(evaluation["image"]).any()
+  batches = take(pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0, source=source), 4)
+  images = np.concatenate([b["image"] for b in batches])
+  assert images.shape == (32, 32, 32, 3)
+  # A 40x52 image at the 40 -> 32 px scale is 32x42: only windows near either end show green.
+  assert 0 < green(images).any(axis=(1, 2)).mean() < 1
+  windows = {b["image"][0].tobytes() for b in batches}  # record 0 in four epochs
+  assert len(windows) > 1
+  for batch in batches:
+    lesion = (batch["image"].mean(-1) < 0.5) & ~green(batch["image"])
+    assert ((batch["mask"] > 0) != lesion).mean() < 0.02
 
 
 # ------------------------------------------------------------------------------------------------

@@ -161,6 +161,19 @@ def noise(image: np.ndarray, mask: Mask, rng: np.random.Generator, *, std: float
   return np.clip(image, 0, 1), mask
 
 
+def random_window(image: np.ndarray, mask: Mask, rng: np.random.Generator, size: int) -> Pair:
+  """A ``size`` x ``size`` window at a uniformly random position (torchvision's RandomCrop after
+  a short-side Resize): the translation that a centred square never shows. Not in the registry:
+  it changes the shape, so the pipeline runs it before the registered ops."""
+  height, width = image.shape[:2]
+  if height < size or width < size:
+    raise ValueError(f"random_window: image {image.shape[:2]} is smaller than the {size} px window")
+  top = int(rng.integers(0, height - size + 1))
+  left = int(rng.integers(0, width - size + 1))
+  window = np.s_[top:top + size, left:left + size]
+  return image[window], None if mask is None else mask[window]
+
+
 class Augmentation(NamedTuple):
   fn: Callable[..., Pair]
   p: float  # default probability

@@ -18,6 +18,7 @@ from flaxderm.data import preprocess as preprocess_lib
 from flaxderm.data import splits as splits_lib
 
 TASKS = ("", "segmentation", "classification")
+TRAIN_CROPS = ("center", "random")
 
 
 def _keyword_defaults(fn: Callable[..., Any], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -72,6 +73,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.image_size = 64
   c.resize = "crop"
   c.crop_fraction = 1.0
+  # Training window (TRAIN_CROPS; resize="crop" only): "center" trains on the square evaluation
+  # sees; "random" keeps the image around it at the same scale and trains on a random image_size
+  # window of it each time (the reference's short-side resize + random crop; evaluation unchanged).
+  c.train_crop = "center"
   c.normalization = "imagenet"
   c.mean = ()
   c.std = ()
@@ -111,6 +116,12 @@ def validate_data_config(cfg: Mapping[str, Any]) -> None:
   if cfg["resize"] not in preprocess_lib.RESIZE_MODES:
     raise ValueError(f"data.resize: unknown mode {cfg['resize']!r}; expected one of "
                      f"{preprocess_lib.RESIZE_MODES}")
+  if cfg["train_crop"] not in TRAIN_CROPS:
+    raise ValueError(f"data.train_crop: unknown {cfg['train_crop']!r}; expected one of "
+                     f"{TRAIN_CROPS}")
+  if cfg["train_crop"] == "random" and cfg["resize"] != "crop":
+    raise ValueError(f"data.train_crop='random' needs data.resize='crop', got "
+                     f"{cfg['resize']!r}")
   if not 0 < cfg["crop_fraction"] <= 1:
     raise ValueError(f"data.crop_fraction must be in (0, 1], got {cfg['crop_fraction']}")
   if cfg["task"] not in TASKS:

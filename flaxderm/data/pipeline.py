@@ -243,18 +243,22 @@ def clear_cache() -> None:
   _CACHES.clear()
 
 
-def _prepare_key(cfg: Mapping[str, Any]) -> str:
-  keys = ("preprocess", "image_size", "resize", "crop_fraction")
-  return json.dumps({k: _plain(cfg[k]) for k in keys}, sort_keys=True, default=list)
+_PREPARE_KEYS = ("preprocess", "image_size", "resize", "crop_fraction")
 
 
-def prepare_pair(image: np.ndarray, mask: np.ndarray | None, cfg: Mapping[str, Any]
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+def _prepare_key(cfg: Mapping[str, Any], keep_context: bool = False) -> str:
+  return json.dumps({**{k: _plain(cfg[k]) for k in _PREPARE_KEYS}, "keep_context": keep_context},
+                    sort_keys=True, default=list)
+
+
+def prepare_pair(image: np.ndarray, mask: np.ndarray | None, cfg: Mapping[str, Any], *,
+                 keep_context: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
   """The deterministic geometry and pixel steps of every example (training, evaluation and
-  prediction): ``data.preprocess`` (black frame, hair), then ``resize`` to ``image_size``."""
+  prediction): ``data.preprocess`` (black frame, hair), then ``resize`` to ``image_size``
+  (``keep_context``: at that scale, with the image around the square; ``data.train_crop``)."""
   image, mask = preprocess_lib.preprocess(image, mask, _plain(cfg["preprocess"]))
   return preprocess_lib.resize(image, mask, cfg["image_size"], mode=cfg["resize"],
-                               crop_fraction=cfg["crop_fraction"])
+                               crop_fraction=cfg["crop_fraction"], keep_context=keep_context)
 
 
 def model_input(image: np.ndarray, data_cfg: Mapping[str, Any]
@@ -277,22 +281,23 @@ def model_input(image: np.ndarray, data_cfg: Mapping[str, Any]
 class PreparedSplit(Sequence):
   """Random access to the prepared records ``indices`` of one official split.
 
-  A prepared record holds ``image`` uint8 (S, S, 3), ``mask`` uint8 (S, S) when the dataset has
-  masks, ``label`` int when it has labels, and ``id``. With ``cache``, prepared records are kept in
-  a process-wide dict keyed by (data, preprocessing config, size), so hair removal runs once per
-  image across epochs, folds and iterators rather than once per step.
+  A prepared record holds ``image`` uint8 (S, S, 3) (with ``keep_context``: at least S on each
+  side, the image around the S square), ``mask`` uint8 of the image's height and width when the
+  dataset has masks, ``label`` int when it has labels, and ``id``. With ``cache``, prepared
+  records are kept in a process-wide dict keyed by (data, preprocessing config, size), so hair
+  removal runs once per image across epochs, folds and iterators rather than once per step.
   """
 
   def __init__(self, source: DataSource, cfg: Mapping[str, Any], split: str,
-               indices: np.ndarray):
+               indices: np.ndarray, *, keep_context: bool = False):
     self._records = source.split(split)
     self.split = split
     self.indices = np.asarray(indices, np.int64)
     self._has_mask = source.has_mask
     self._has_label = source.class_names is not None
-    self._cfg = {k: _plain(cfg[k]) for k in ("preprocess", "image_size", "resize",
-                                              "crop_fraction")}
-    self._cache = (_CACHES.setdefault((source.key, _prepare_key(cfg)), {})
+    self._cfg = {k: _plain(cfg[k]) for k in _PREPARE_KEYS}
+    self._keep_context = keep_context
+    self._cache = (_CACHES.setdefault((source.key, _prepare_key(cfg, keep_context)), {})
                    if cfg["cache"] else None)
 
   def __len__(self) -> int:
@@ -325,7 +330,7 @@ class PreparedSplit(Sequence):
       if mask.shape != image.shape[:2]:
         raise ValueError(f"example {record_text(record['id'])!r}: mask {mask.shape} does not match "
                          f"image {image.shape[:2]}")
-    image, mask = prepare_pair(image, mask, self._cfg)
+    image, mask = prepare_pair(image, mask, self._cfg, keep_context=self._keep_context)
     prepared = {"image": image, "id": record_text(record["id"])}
     if mask is not None:
       prepared["mask"] = mask
@@ -339,17 +344,20 @@ class PreparedSplit(Sequence):
 
 
 class _ToBatchRecord:
-  """Prepared record -> contract record (optionally augmented); a class so grain can pickle it
-  into worker processes."""
+  """Prepared record -> contract record (optionally a random ``window`` of it, then augmented); a
+  class so grain can pickle it into worker processes."""
 
   def __init__(self, stats: tuple[np.ndarray, np.ndarray] | None,
-               augment: augment_lib.Augmenter | None = None):
+               augment: augment_lib.Augmenter | None = None, window: int | None = None):
     self._stats = stats
     self._augment = augment
+    self._window = window
 
   def __call__(self, record: Record, rng: np.random.Generator | None = None) -> Record:
-    image = record["image"].astype(np.float32) / 255.0
-    mask = record.get("mask")
+    image, mask = record["image"], record.get("mask")
+    if self._window is not None:
+      image, mask = augment_lib.random_window(image, mask, rng, self._window)
+    image = image.astype(np.float32) / 255.0
     if self._augment is not None:
       image, mask = self._augment(image, mask, rng)
     out = {"image": preprocess_lib.normalize(image, self._stats),
@@ -415,9 +423,10 @@ def _source(data_cfg: Mapping[str, Any], source: DataSource | None) -> DataSourc
   return open_source(data_cfg) if source is None else source
 
 
-def _prepared(source: DataSource, cfg: Mapping[str, Any], name: str) -> PreparedSplit:
+def _prepared(source: DataSource, cfg: Mapping[str, Any], name: str, *,
+              keep_context: bool = False) -> PreparedSplit:
   split, indices = resolve_split(source, cfg, name)
-  return PreparedSplit(source, cfg, split, indices)
+  return PreparedSplit(source, cfg, split, indices, keep_context=keep_context)
 
 
 _STATS_CACHE: dict[tuple[str, str, str], tuple[tuple[float, ...], tuple[float, ...]]] = {}
@@ -518,7 +527,8 @@ def make_train_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, 
   cfg = _checked(data_cfg)
   source = _source(cfg, source)
   batch_size = _per_process_batch(global_batch_size, process_count)
-  prepared = _prepared(source, cfg, cfg["train_split"])
+  random_crop = cfg["train_crop"] == "random"
+  prepared = _prepared(source, cfg, cfg["train_split"], keep_context=random_crop)
   local = splits_lib.shard(np.arange(len(prepared)), process_index, process_count)
   if local.size == 0:
     raise ValueError(f"split {cfg['train_split']!r} has no records for process {process_index} "
@@ -542,7 +552,8 @@ def make_train_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, 
   else:
     dataset = stream(local, 0)
   transform = _ToBatchRecord(_normalization_stats(source, cfg),
-                             augment_lib.Augmenter(_plain(cfg["augment"])))
+                             augment_lib.Augmenter(_plain(cfg["augment"])),
+                             window=cfg["image_size"] if random_crop else None)
   dataset = dataset.random_map(transform, seed=_seed(seed, process_index, 1))
   return _finish(dataset, cfg, batch_size, drop_remainder=True)
 

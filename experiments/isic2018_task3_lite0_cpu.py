@@ -18,8 +18,8 @@ What differs:
   windows along the long side; this recipe trains on the centred square (``data.train_crop``
   "random" does what the reference does; it made no difference on the folds, below).
 
-Measured on the paired 5-fold protocol (benchmarks/RESULTS.md, 2026-12-03, lesion-grouped folds
-of ../shared/data, 1058 images, alternating runs, machine alone):
+Measured on the paired 5-fold protocol (benchmarks/RESULTS.md, 2026-12-03/04, lesion-grouped
+folds of ../shared/data, 1058 images, alternating runs, machine alone):
 
 | budget | recipe | balanced accuracy (fold std) | macro AUC | steps |
 |---|---|---:|---:|---:|

@@ -34,13 +34,12 @@ PACKAGES = ("jax", "jaxlib", "flax", "numpy", "opencv-python-headless")
 
 
 def _train_briefly(workdir: Path, manual_dir: Path) -> None:
-  sys.path.insert(0, str(ROOT))
-  import launch  # pylint: disable=g-import-not-at-top
+  from flaxderm import cli  # pylint: disable=g-import-not-at-top
 
-  code = launch.main(["ph2_segmentation_cpu", f"--config.data.manual_dir={manual_dir}",
-                      "--config.data.skip_bad_examples=True", "--config.budget_s=0",
-                      "--config.num_steps=2", "--config.num_epochs=0",
-                      "--config.progress_bar=False", "--workdir", str(workdir)])
+  code = cli.main(["ph2_segmentation_cpu", f"--config.data.manual_dir={manual_dir}",
+                   "--config.data.skip_bad_examples=True", "--config.budget_s=0",
+                   "--config.num_steps=2", "--config.num_epochs=0",
+                   "--config.progress_bar=False", "--workdir", str(workdir)])
   if code:
     raise SystemExit(f"training the PH2 experiment failed (exit {code})")
 
@@ -59,7 +58,7 @@ def main(argv=None):
   if not images:
     raise SystemExit(f"no PH2 images under {args.manual_dir}")
   sizes = sorted({Image.open(p).size for p in images})
-  from flaxderm import predict  # pylint: disable=g-import-not-at-top
+  from flaxderm.tools import predict  # pylint: disable=g-import-not-at-top
 
   command = "python " + " ".join([os.path.relpath(__file__, Path.cwd())] + sys.argv[1:])
   rows = []

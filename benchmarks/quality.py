@@ -124,12 +124,10 @@ def flaxderm_overrides(comparison: Comparison, args, index: int, fold: int | Non
 
 def flaxderm_config(comparison: Comparison, args, index: int, fold: int | None):
   """The config flaxderm's run ``index`` trains with, resolved in this process."""
-  if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-  import launch  # pylint: disable=g-import-not-at-top
+  from flaxderm.tools import experiment  # pylint: disable=g-import-not-at-top
 
-  return launch.experiment_config(comparison.experiment,
-                                  flaxderm_overrides(comparison, args, index, fold))
+  return experiment.experiment_config(comparison.experiment,
+                                      flaxderm_overrides(comparison, args, index, fold))
 
 
 def fold_groups(comparison: Comparison, args, fold: int) -> list[str]:

@@ -9,7 +9,7 @@ against the codec.
 """
 from flaxderm.train import config as config_lib
 
-from experiments.paper004_codec_isic2018 import paper004_data  # noqa: E402  (shared setting)
+from ._paper004 import paper004_data
 
 
 def get_config(arg=None):

@@ -42,12 +42,13 @@ decay was worth +0.2 points of Dice and +1.3 of thresholded Jaccard even against
 Dice, also against twice the steps: dermoscopy has no preferred orientation, and 89 training cases
 are few.
 """
-from experiments import ph2_unet_cpu
 from flaxderm.train import config as config_lib
+
+from ._ph2 import recipe
 
 
 def get_config(arg=None):
-  c = ph2_unet_cpu.recipe()
+  c = recipe()
   c.model.kwargs = {"encoder_name": "efficientnet_lite0"}
   c.model.pretrained = "efficientnet_lite0.imagenet"
   c.budget_s = 900.0

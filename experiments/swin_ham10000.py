@@ -7,7 +7,7 @@ learning from ImageNet. Same recipe as vit_ham10000 (experiments/_ham10000_trans
 weights are timm's ``swin_tiny_patch4_window7_224.ms_in1k`` (tag ``swin_tiny.ms_in1k``;
 ``--config.model.pretrained=`` trains from scratch).
 """
-from experiments._ham10000_transformer import transformer_config
+from ._ham10000_transformer import transformer_config
 
 
 def get_config(arg=None):

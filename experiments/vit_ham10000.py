@@ -8,7 +8,7 @@ epochs, 224 px, class weights, best balanced accuracy). The weights are timm's
 ``vit_tiny_patch16_224.augreg_in21k_ft_in1k`` (tag ``vit_tiny.augreg_in21k_ft_in1k``, read from
 the Hugging Face cache or $FLAXDERM_WEIGHTS_DIR; ``--config.model.pretrained=`` trains from scratch).
 """
-from experiments._ham10000_transformer import transformer_config
+from ._ham10000_transformer import transformer_config
 
 
 def get_config(arg=None):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,13 @@ import pytest
 from PIL import Image
 from scipy import optimize, special
 
-from flaxderm import calibration as calibration_lib
+from flaxderm.tools import calibration as calibration_lib
 from flaxderm import metrics
-from flaxderm import predict as predict_lib
-from flaxderm import run as run_lib
+from flaxderm.tools import predict as predict_lib
+from flaxderm.tools import run as run_lib
 from flaxderm.data import pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 netcal_metrics = pytest.importorskip("netcal.metrics")
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -195,7 +193,7 @@ def test_evaluate_calibrate_stores_the_temperature_and_predict_applies_it(classi
             for i in range(3)]
   raw = run_lib.load_run(run_dir).probabilities(images)
 
-  assert launch.main(["evaluate", "--workdir", str(run_dir), "--calibrate"]) == 0
+  assert cli.main(["evaluate", "--workdir", str(run_dir), "--calibrate"]) == 0
   out = capsys.readouterr().out.strip().splitlines()
   assert out[0].split()[:3] == ["run", "T", "ece"] and "->" in out[1]
   assert "balanced_accuracy" in json.loads(out[-1])  # then the evaluation, as without
@@ -270,7 +268,7 @@ def test_calibrate_errors_name_what_the_run_lacks(segmentation_run, tmp_path, ca
   cfg = json.loads((all_data / run_lib.CONFIG).read_text())
   cfg["data"]["split"] = "all"
   (all_data / run_lib.CONFIG).write_text(json.dumps(cfg))
-  assert launch.main(["evaluate", "--workdir", str(all_data), "--calibrate"]) == 1
+  assert cli.main(["evaluate", "--workdir", str(all_data), "--calibrate"]) == 1
   assert "no validation split to fit a temperature on" in capsys.readouterr().err
   with pytest.raises(ValueError, match="not a training run directory"):
     calibration_lib.calibrate_run(tmp_path / "nothing_here")

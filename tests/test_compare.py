@@ -4,18 +4,16 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from flaxderm import compare as compare_lib
-from flaxderm import evaluate as evaluate_lib
+from flaxderm.tools import compare as compare_lib
+from flaxderm.tools import evaluate as evaluate_lib
 from flaxderm.train import loop
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tiny_runs import tiny_config  # pylint: disable=g-import-not-at-top
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -127,7 +125,7 @@ def test_compare_command_prints_a_table_then_one_json_line(tmp_path, capsys):
   a = rng.uniform(0.4, 0.8, size=30)
   run_a = write_run(tmp_path / "a", segmentation_rows(a))
   run_b = write_run(tmp_path / "b", segmentation_rows(a - 0.05))
-  assert launch.main(["compare", str(run_a), str(run_b), "--samples", "500", "--seed", "1",
+  assert cli.main(["compare", str(run_a), str(run_b), "--samples", "500", "--seed", "1",
                       "--metric", "jaccard/per_image"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[0].split()[:2] == ["run", "jaccard/per_image"] and lines[3].startswith("B - A")
@@ -135,7 +133,7 @@ def test_compare_command_prints_a_table_then_one_json_line(tmp_path, capsys):
   assert result["run_a"] == str(run_a) and result["samples"] == 500 and result["seed"] == 1
   assert result["ci95"][1] < 0 and result["difference"] < 0
 
-  assert launch.main(["compare", str(run_a), str(tmp_path / "unscored")]) == 1
+  assert cli.main(["compare", str(run_a), str(tmp_path / "unscored")]) == 1
   err = capsys.readouterr().err
   assert "has no evaluation/cases.csv" in err and "python launch.py evaluate --workdir" in err
 
@@ -176,7 +174,7 @@ def two_scorings(tmp_path_factory, private_data_dir):
 
 def test_compare_two_scored_runs(two_scorings, capsys):
   plain, flips = two_scorings
-  assert launch.main(["compare", str(plain), str(flips), "--samples", "200"]) == 0
+  assert cli.main(["compare", str(plain), str(flips), "--samples", "200"]) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   with open(plain / compare_lib.CASES) as f:
     dice = [float(r["dice/per_image"]) for r in csv.DictReader(f)]

@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from flaxderm import crossval, evaluate
+from flaxderm.tools import crossval, evaluate
 from flaxderm.train import config as config_lib
 
-import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_data_dir")]
 
@@ -28,7 +28,7 @@ TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.depth=2",
 @pytest.fixture(scope="module")
 def cv_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("cv") / "run"
-  assert launch.main(["default:runlocal", "--folds", "2", "--workdir", str(workdir), *TINY]) == 0
+  assert cli.main(["default:runlocal", "--folds", "2", "--workdir", str(workdir), *TINY]) == 0
   return workdir
 
 
@@ -50,7 +50,7 @@ def test_folds_train_into_their_directories_and_summarize(cv_run):
 
 
 def test_evaluate_scores_each_fold_on_its_held_out_cases(cv_run, capsys):
-  assert launch.main(["evaluate", "--workdir", str(cv_run)]) == 0
+  assert cli.main(["evaluate", "--workdir", str(cv_run)]) == 0
   out = capsys.readouterr().out
   assert "mean" in out and "95% CI" in out
   metrics = json.loads(out.strip().splitlines()[-1])
@@ -84,21 +84,21 @@ def test_resume_skips_finished_folds_and_retrains_the_rest(cv_run, tmp_path, cap
   workdir = tmp_path / "resumed"
   shutil.copytree(cv_run / "fold_0", workdir / "fold_0")
   argv = ["default:runlocal", "--folds", "2", "--workdir", str(workdir), *TINY]
-  assert launch.main(argv + ["--resume"]) == 0
+  assert cli.main(argv + ["--resume"]) == 0
   out = capsys.readouterr().out
   assert "fold_0: finished earlier" in out and (workdir / "fold_1" / "results.json").is_file()
   summary = json.loads((workdir / crossval.CV_SUMMARY).read_text())
   assert summary["folds"][0]["metrics"]["dice/micro"] == pytest.approx(
       json.loads((cv_run / "fold_0" / "results.json").read_text())["validation"]["dice/micro"])
-  assert launch.main(argv) == 1  # without --resume, finished folds are not overwritten
+  assert cli.main(argv) == 1  # without --resume, finished folds are not overwritten
   assert "--resume" in capsys.readouterr().err
 
 
 def test_bad_fold_requests_name_the_problem(cv_run, tmp_path, capsys):
   argv = ["default:runlocal", "--workdir", str(cv_run), *TINY]
-  assert launch.main(argv + ["--folds", "3", "--resume"]) == 1
+  assert cli.main(argv + ["--folds", "3", "--resume"]) == 1
   assert "fold 0 of 2, not fold 0 of 3" in capsys.readouterr().err
-  assert launch.main(["default:runlocal", "--folds", "1", "--workdir", str(tmp_path)]) == 1
+  assert cli.main(["default:runlocal", "--folds", "1", "--workdir", str(tmp_path)]) == 1
   assert "at least 2" in capsys.readouterr().err
 
 

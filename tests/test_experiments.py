@@ -7,18 +7,17 @@ experiment name, config key or value, and a missing dataset into one clear error
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flaxderm.tools import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flaxderm.train import config as config_lib  # pylint: disable=wrong-import-position
 from flaxderm.train import loop  # pylint: disable=wrong-import-position
 
-EXPERIMENTS = launch.experiment_names()
+EXPERIMENTS = experiment.experiment_names()
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +33,7 @@ def test_the_papers_experiments_are_all_there():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_full_config_validates_and_docstring_gives_the_command(name):
-  module = launch.load_experiment(name)
+  module = experiment.load_experiment(name)
   config_lib.validate_config(module.get_config())
   assert f"python launch.py {name}" in module.__doc__
 
@@ -42,7 +41,7 @@ def test_full_config_validates_and_docstring_gives_the_command(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_trains_one_step_at_tiny_size(name, tmp_path):
-  cfg = launch.experiment_config(f"{name}:runlocal", ["--config.num_steps=1"])
+  cfg = experiment.experiment_config(f"{name}:runlocal", ["--config.num_steps=1"])
   results = loop.train(cfg, tmp_path)
   assert results["step"] == 1
   metric = results["best_metric"]
@@ -51,7 +50,7 @@ def test_experiment_trains_one_step_at_tiny_size(name, tmp_path):
 
 
 def _error_of(argv, capsys) -> str:
-  assert launch.main(argv) == 1
+  assert cli.main(argv) == 1
   return capsys.readouterr().err
 
 

@@ -2,7 +2,6 @@
 completeness, saliency on a linear model, default layers of every family, the explain command."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import jax
@@ -11,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flaxderm import explain
-from flaxderm import run as run_lib
+from flaxderm import attribution
+from flaxderm.tools import explain
+from flaxderm.tools import run as run_lib
 from flaxderm.models import convert, create_model, list_models, model_entry
 from tiny_runs import write_image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _logits_fn(model, variables):
@@ -30,7 +29,7 @@ def _logits_fn(model, variables):
 
 @pytest.mark.torch
 @pytest.mark.usefixtures("torch_seed")
-@pytest.mark.parametrize("method", explain.CAM_METHODS)
+@pytest.mark.parametrize("method", attribution.CAM_METHODS)
 def test_cam_matches_pytorch_grad_cam_on_timm_resnet18(method):
   timm = pytest.importorskip("timm")
   cam_lib = pytest.importorskip("pytorch_grad_cam")
@@ -48,10 +47,10 @@ def test_cam_matches_pytorch_grad_cam_on_timm_resnet18(method):
   with reference_cam(model=reference, target_layers=[reference.layer4]) as cam:
     expected = cam(input_tensor=nchw(x), targets=targets)
 
-  layers = explain.cam_layers(model, variables, jnp.asarray(x))
-  assert explain.default_layer(model, "resnet18", layers) == "layer4_1"  # timm's layer4 output
-  ours = explain.heat_maps(_logits_fn(model, variables), jnp.asarray(x),
-                           explain.class_target(jnp.asarray(classes)), method,
+  layers = attribution.cam_layers(model, variables, jnp.asarray(x))
+  assert attribution.default_layer(model, "resnet18", layers) == "layer4_1"  # timm's layer4 output
+  ours = attribution.heat_maps(_logits_fn(model, variables), jnp.asarray(x),
+                           attribution.class_target(jnp.asarray(classes)), method,
                            layer=layers["layer4_1"])
   assert ours.shape == expected.shape == (2, size, size)
   assert expected.std() > 0.1  # a non-trivial map
@@ -66,8 +65,8 @@ def test_integrated_gradients_are_complete():
   model = create_model("resnet18", num_classes=3, depths=(1, 1, 1, 1))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
   variables = model.init(jax.random.key(0), x)
-  logits_fn, target = _logits_fn(model, variables), explain.class_target(jnp.asarray([0, 2]))
-  attributions = explain.integrated_gradients(logits_fn, x, target)  # 64 steps
+  logits_fn, target = _logits_fn(model, variables), attribution.class_target(jnp.asarray([0, 2]))
+  attributions = attribution.integrated_gradients(logits_fn, x, target)  # 64 steps
   assert attributions.shape == x.shape
   gap = target(logits_fn(x)) - target(logits_fn(jnp.zeros_like(x)))
   assert np.all(np.abs(gap) > 1e-3)
@@ -78,19 +77,19 @@ def test_saliency_of_a_linear_model_is_its_largest_channel_weight():
   weights = jnp.asarray(np.random.default_rng(0).normal(size=(6, 5, 3)), jnp.float32)
   logits_fn = lambda z: jnp.stack([jnp.sum(z * weights, axis=(1, 2, 3)), jnp.sum(z, (1, 2, 3))], -1)
   x = jnp.ones((2, 6, 5, 3))
-  saliency = explain.saliency(logits_fn, x, explain.class_target(jnp.asarray([0, 0])))
+  saliency = attribution.saliency(logits_fn, x, attribution.class_target(jnp.asarray([0, 0])))
   np.testing.assert_allclose(saliency, np.broadcast_to(np.abs(weights).max(-1), (2, 6, 5)),
                              rtol=1e-6)
 
 
 def test_targets_of_binary_logits_and_of_segmentation_masks():
   one_logit = jnp.asarray([[2.0], [-1.0]])
-  np.testing.assert_allclose(explain.class_target(jnp.asarray([1, 0]))(one_logit), [2.0, 1.0])
+  np.testing.assert_allclose(attribution.class_target(jnp.asarray([1, 0]))(one_logit), [2.0, 1.0])
   logits = jnp.asarray([[[1.0, -2.0], [3.0, -4.0]], [[-1.0, -1.0], [-2.0, -3.0]]])[..., None]
   # Image 0: the lesion logits inside its predicted lesion (1 + 3); image 1 predicts none: all.
-  np.testing.assert_allclose(explain.lesion_target(logits), [4.0, -7.0])
+  np.testing.assert_allclose(attribution.lesion_target(logits), [4.0, -7.0])
   two_channel = jnp.concatenate([jnp.zeros_like(logits), logits], axis=-1)
-  np.testing.assert_allclose(explain.lesion_target(two_channel), [4.0, -7.0])
+  np.testing.assert_allclose(attribution.lesion_target(two_channel), [4.0, -7.0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,19 +115,19 @@ def test_default_layer_of_every_classifier_family_reaches_the_target(family):
   model = create_model(name, num_classes=3)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, side, side, 3)), jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(0), x)
-  layers = explain.cam_layers(model, variables, x)
-  layer = layers[explain.default_layer(model, name, layers)]
+  layers = attribution.cam_layers(model, variables, x)
+  layer = layers[attribution.default_layer(model, name, layers)]
   if family == "vit":
     assert layer.name == "blocks_11/norm1" and layer.prefix == 1 and layer.grid == (6, 6)
   if family == "swin":
     assert layer.name == "layers_3" and layer.grid == (3, 3)
-  activations, grads = jax.jit(explain.activation_and_gradient, static_argnums=(0, 2, 3))(
-      _logits_fn(model, variables), x, layer, explain.class_target(jnp.asarray([1])))
+  activations, grads = jax.jit(attribution.activation_and_gradient, static_argnums=(0, 2, 3))(
+      _logits_fn(model, variables), x, layer, attribution.class_target(jnp.asarray([1])))
   assert activations.shape == grads.shape == (1, *layer.grid, activations.shape[-1])
   assert float(jnp.abs(grads).max()) > 0, (name, layer.name)  # the layer reaches the logit
-  for cam in (explain.grad_cam, explain.grad_cam_plusplus):
+  for cam in (attribution.grad_cam, attribution.grad_cam_plusplus):
     # A random network's CAM may be negative everywhere, so all zero after the ReLU.
-    heat = explain.scaled_map(np.asarray(cam(activations, grads)), "gradcam", (side, side))
+    heat = attribution.scaled_map(np.asarray(cam(activations, grads)), "gradcam", (side, side))
     assert heat.shape == (1, side, side) and np.isfinite(heat).all(), (name, layer.name)
     assert 0 <= heat.min() and heat.max() <= 1
 
@@ -138,9 +137,9 @@ def test_segmentation_models_default_to_their_encoder():
                        encoder_kwargs={"depths": (1, 1, 1, 1)}, decoder_channels=(8, 8, 8, 8, 8))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 64, 64, 3)), jnp.float32)
   variables = model.init(jax.random.key(0), x)
-  layers = explain.cam_layers(model, variables, x)
-  assert explain.default_layer(model, "unet", layers) == "encoder/layer4_0"
-  heat = explain.heat_maps(_logits_fn(model, variables), x, explain.lesion_target, "gradcam",
+  layers = attribution.cam_layers(model, variables, x)
+  assert attribution.default_layer(model, "unet", layers) == "encoder/layer4_0"
+  heat = attribution.heat_maps(_logits_fn(model, variables), x, attribution.lesion_target, "gradcam",
                            layer=layers["decoder_blocks_2"])
   assert heat.shape == (1, 64, 64) and heat.max() == pytest.approx(1.0, abs=1e-3)
 
@@ -163,15 +162,15 @@ def test_explain_command_writes_overlays_at_the_original_size(classification_run
                                                               capsys):
   write_image(tmp_path / "in" / "a.jpg", 45, 70)
   write_image(tmp_path / "in" / "b.png", 64, 30, seed=1)
-  for method in explain.METHODS:
+  for method in attribution.METHODS:
     out = tmp_path / method
     argv = ["explain", "--workdir", str(classification_run), "--out", str(out),
             str(tmp_path / "in"), "--method", method, "--target", "melanoma", "--steps", "8"]
-    assert launch.main(argv) == 0, capsys.readouterr().err
+    assert cli.main(argv) == 0, capsys.readouterr().err
     assert _pixels(out / f"a_{method}.png").shape == (45, 70, 3)
     assert _pixels(out / f"b_{method}.png").shape == (64, 30, 3)
   assert "layer4_0" in capsys.readouterr().out
-  assert launch.main(argv) == 1 and "--overwrite" in capsys.readouterr().err
+  assert cli.main(argv) == 1 and "--overwrite" in capsys.readouterr().err
 
 
 def test_explainer_targets_the_predicted_class_and_averages_folds(classification_run, tmp_path):
@@ -189,7 +188,7 @@ def test_explainer_targets_the_predicted_class_and_averages_folds(classification
     (cv / fold).symlink_to(classification_run)
   ensemble = run_lib.load_run(cv, tta="none")
   folds, _ = explain.Explainer(ensemble).explain([image])
-  np.testing.assert_allclose(folds[0], explain.scale_maps(maps[0][None] * 2)[0], atol=1e-6)
+  np.testing.assert_allclose(folds[0], attribution.scale_maps(maps[0][None] * 2)[0], atol=1e-6)
 
 
 def test_segmentation_explanations(segmentation_run, tmp_path):
@@ -208,20 +207,20 @@ def test_explain_errors(classification_run, tmp_path, capsys):
   write_image(tmp_path / "in" / "a.jpg", 30, 30)
   base = ["explain", "--workdir", str(classification_run), "--out", str(tmp_path / "out"),
           str(tmp_path / "in")]
-  assert launch.main(base + ["--layer", "layer4"]) == 1
+  assert cli.main(base + ["--layer", "layer4"]) == 1
   err = capsys.readouterr().err
   assert "no such layer" in err and "layer4_0" in err and "layer1_0/conv1" in err
-  assert launch.main(base + ["--target", "eczema"]) == 1
+  assert cli.main(base + ["--target", "eczema"]) == 1
   assert "classes: common_nevus" in capsys.readouterr().err
-  assert launch.main(base + ["--method", "saliency", "--layer", "layer4_0"]) == 1
+  assert cli.main(base + ["--method", "saliency", "--layer", "layer4_0"]) == 1
   assert "--layer is for gradcam" in capsys.readouterr().err
   with pytest.raises(SystemExit):  # argparse: invalid choice
-    launch.main(base + ["--method", "lime"])
+    cli.main(base + ["--method", "lime"])
   assert "invalid choice: 'lime'" in capsys.readouterr().err
   no_checkpoint = tmp_path / "fresh"
   no_checkpoint.mkdir()
   for name in (run_lib.CONFIG, "run_info.json"):
     (no_checkpoint / name).write_bytes((classification_run / name).read_bytes())
-  assert launch.main(["explain", "--workdir", str(no_checkpoint), "--out", str(tmp_path / "o"),
+  assert cli.main(["explain", "--workdir", str(no_checkpoint), "--out", str(tmp_path / "o"),
                       str(tmp_path / "in")]) == 1
   assert "checkpoint" in capsys.readouterr().err

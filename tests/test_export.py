@@ -11,8 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flaxderm import export as export_lib
-from flaxderm import run as run_lib
+from flaxderm.tools import export as export_lib
+from flaxderm.tools import run as run_lib
 from flaxderm.train import config as config_lib
 from flaxderm.train import loop
 
@@ -156,12 +156,12 @@ def test_export_command(runs, tmp_path, capsys):
   from pathlib import Path  # pylint: disable=g-import-not-at-top
 
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-  import launch  # pylint: disable=g-import-not-at-top
+  from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
   out = tmp_path / "unet.onnx"
-  assert launch.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
+  assert cli.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
                       "--out", str(out)]) == 0
   assert "exported unet (onnx" in capsys.readouterr().out and out.is_file()
-  assert launch.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
+  assert cli.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
                       "--out", str(out)]) == 1
   assert "--overwrite" in capsys.readouterr().err

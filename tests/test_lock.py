@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from flaxderm import evaluate as evaluate_lib
+from flaxderm.tools import evaluate as evaluate_lib
 from flaxderm.train import config as config_lib
 from flaxderm.train import loop
 from flaxderm.train.lock import LOCK_NAME, RunDirectoryBusyError, RunLock

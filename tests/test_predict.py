@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import sys
 from pathlib import Path
 
 import cv2
@@ -11,16 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flaxderm import predict as predict_lib
-from flaxderm import run as run_lib
+from flaxderm.tools import predict as predict_lib
+from flaxderm.tools import run as run_lib
 from flaxderm.data import config as data_config
 from flaxderm.data import pipeline
 from flaxderm.data import preprocess
 from flaxderm.data.builders import ham10000
 from flaxderm.train import loop
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tiny_runs import tiny_config, write_image  # noqa: E402
 
 
@@ -140,7 +138,7 @@ def test_predict_command_writes_isic_masks_overlays_and_probabilities(segmentati
   argv = ["predict", "--workdir", str(segmentation_run), "--out", str(out), str(inputs),
           str(tmp_path / "*.bmp"), "--save-probabilities", "--largest-component", "--fill-holes",
           "--no-progress"]
-  assert launch.main(argv) == 0
+  assert cli.main(argv) == 0
   assert "3 images predicted" in capsys.readouterr().out
   for image_id, shape in [("ISIC_0000001", (45, 60)), ("case_b", (33, 33)), ("loose", (20, 50))]:
     mask = cv2.imread(str(out / f"{image_id}_segmentation.png"), cv2.IMREAD_UNCHANGED)
@@ -156,13 +154,13 @@ def test_predict_command_writes_isic_masks_overlays_and_probabilities(segmentati
   assert "damaged.jpg" in skipped and "Corrupt JPEG data" in skipped
 
   # Never overwritten silently; --overwrite replaces.
-  assert launch.main(argv) == 1
+  assert cli.main(argv) == 1
   assert "already holds" in capsys.readouterr().err
-  assert launch.main(argv + ["--overwrite"]) == 0
+  assert cli.main(argv + ["--overwrite"]) == 0
 
 
 def test_predict_command_errors(segmentation_run, tmp_path, capsys):
-  assert launch.main(["predict", "--workdir", str(segmentation_run), "--out", str(tmp_path),
+  assert cli.main(["predict", "--workdir", str(segmentation_run), "--out", str(tmp_path),
                       str(tmp_path / "missing.jpg")]) == 1
   assert "missing.jpg" in capsys.readouterr().err
   write_image(tmp_path / "a" / "x.png", 20, 20)
@@ -226,12 +224,12 @@ def test_readme_examples_run(segmentation_run, tmp_path, monkeypatch):
   export_line = next(line.strip() for line in section.splitlines()
                      if line.strip().startswith("python launch.py export"))
   argv = export_line.replace("runs/default", run_dir).split()[2:]
-  assert launch.main(argv) == 0
+  assert cli.main(argv) == 0
   assert (tmp_path / "default.onnx").is_file() and (tmp_path / "default.onnx.card.md").is_file()
   write_image(tmp_path / "images" / "a.jpg", 40, 30)
   predict_line = next(line.strip() for line in section.splitlines()
                       if line.strip().startswith("python launch.py predict"))
   argv = predict_line.replace("runs/default", run_dir).rstrip("\\").split()[2:]
   argv = [a if a != "IMAGES_OR_FOLDERS..." else "images" for a in argv]
-  assert launch.main(argv + ["--no-progress"]) == 0
+  assert cli.main(argv + ["--no-progress"]) == 0
   assert (tmp_path / "predictions" / "a_segmentation.png").is_file()

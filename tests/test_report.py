@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from flaxderm import crossval
-from flaxderm import report
+from flaxderm.tools import crossval
+from flaxderm.tools import report
 from tiny_runs import tiny_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 pytestmark = pytest.mark.usefixtures("private_data_dir")
 
@@ -50,7 +48,7 @@ def grid_pixels(columns: int, rows: int) -> tuple[int, int]:
 
 
 def test_classification_report(classification_run, capsys):
-  assert launch.main(["report", "--workdir", str(classification_run), "--cases", "3"]) == 0
+  assert cli.main(["report", "--workdir", str(classification_run), "--cases", "3"]) == 0
   page = classification_run / "report" / "index.html"
   assert str(page) in capsys.readouterr().out
   images = linked_images(page)

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from flaxderm import evaluate as evaluate_lib
+from flaxderm.tools import evaluate as evaluate_lib
 from flaxderm import losses
 from flaxderm.data import pipeline
 from flaxderm.models import create_model

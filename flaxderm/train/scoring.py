@@ -1,7 +1,7 @@
 """Scoring inside the engine: evaluation batches, summed metric statistics and per-case rows.
 
-The training loop validates with these; the run-level tools (``flaxderm.evaluate``,
-``flaxderm.predict``) build on them. Nothing here imports above ``flaxderm.train``.
+The training loop validates with these; the run-level tools (``flaxderm.tools.evaluate``,
+``flaxderm.tools.predict``) build on them. Nothing here imports above ``flaxderm.train``.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """From a config to the pieces a run is made of: what the data is, the task, the model, its
-initial variables. Shared by training (``loop``) and scoring (``flaxderm.evaluate``).
+initial variables. Shared by training (``loop``) and scoring (``flaxderm.tools.evaluate``).
 
 What a run learnt about its data (task, classes, output channels) is saved with it as
 ``run_info.json``, so a run can be scored later on another copy of the data without reading the

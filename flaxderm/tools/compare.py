@@ -19,6 +19,7 @@ excludes 0).
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import math
@@ -55,7 +56,7 @@ def _scored_elsewhere(workdir: Path, manual_dir: str) -> bool:
 def load_cases(workdir: str | Path, *, manual_dir: str | None = None) -> list[dict[str, str]]:
   """The rows of ``workdir/evaluation/cases.csv``; with ``manual_dir``, scores the run on that
   dataset first unless its table already is of that dataset."""
-  from flaxderm import evaluate  # pylint: disable=g-import-not-at-top  (jax, only when scoring)
+  from flaxderm.tools import evaluate  # pylint: disable=g-import-not-at-top  (jax, only when scoring)
 
   workdir = Path(workdir)
   if manual_dir is not None and (not (workdir / CASES).is_file()
@@ -175,3 +176,20 @@ def format_table(result: dict[str, Any]) -> str:
   widths = [max(len(row[i]) for row in rows) for i in range(4)]
   return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                              for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("runs", nargs=2, metavar="RUN", help="the two run (or CV run) directories")
+  parser.add_argument("--manual-dir", help="score both runs on all of the dataset in this folder "
+                      "first (when their evaluation is missing or of other data)")
+  parser.add_argument("--metric", help="default: dice/per_image (segmentation), "
+                      "balanced_accuracy (classification)")
+  parser.add_argument("--samples", type=int, default=10000, help="bootstrap resamples")
+  parser.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> None:
+  result = compare_runs(*args.runs, manual_dir=args.manual_dir, metric=args.metric,
+                        samples=args.samples, seed=args.seed)
+  print(format_table(result), flush=True)
+  print(json.dumps(result, sort_keys=True), flush=True)

@@ -1,4 +1,4 @@
-"""Applying a trained run to new images (``flaxderm.run.Run`` in a loop over files)::
+"""Applying a trained run to new images (``flaxderm.tools.run.Run`` in a loop over files)::
 
     python launch.py predict --workdir RUN --out DIR INPUT... [--params last|best]
         [--ema | --no-ema] [--tta none|hflip|flips] [--batch-size N] [--overwrite]
@@ -25,6 +25,7 @@ others are still written. Existing outputs are never replaced without ``--overwr
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import glob
 import io
@@ -40,7 +41,7 @@ from PIL import Image
 from scipy import ndimage
 import tqdm
 
-from flaxderm import run as run_lib
+from flaxderm.tools import run as run_lib
 from flaxderm.data import preprocess
 
 log = logging.getLogger(__name__)
@@ -217,3 +218,28 @@ def _write_class_tables(out: Path, rows: Sequence[tuple[str, np.ndarray]],
     writer.writerow(["image", "label"])
     for image_id, probs in rows:
       writer.writerow([image_id, class_names[int(np.argmax(probs))]])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  run_lib.add_run_arguments(parser)
+  parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs")
+  parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+  parser.add_argument("--largest-component", action="store_true",
+                      help="segmentation: keep the largest connected lesion region")
+  parser.add_argument("--fill-holes", action="store_true", help="segmentation: fill mask holes")
+  parser.add_argument("--save-probabilities", action="store_true",
+                      help="segmentation: also write <id>_probability.png (16-bit)")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> None:
+  summary = predict_files(
+      args.workdir, args.inputs, args.out, params=args.params, use_ema=args.ema, tta=args.tta,
+      batch_size=args.batch_size, overwrite=args.overwrite,
+      largest_component=args.largest_component, fill_holes=args.fill_holes,
+      save_probabilities=args.save_probabilities, progress=not args.no_progress)
+  print(f"{summary['predicted']} images predicted into {summary['out']} "
+        f"({summary['skipped']} skipped) in {summary['seconds']:.1f} s: "
+        f"{summary['images_per_s']:.2f} images/s including decoding", flush=True)

@@ -22,6 +22,7 @@ format cannot express fails with a ValueError naming the layer where the convert
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import re
@@ -34,7 +35,7 @@ from typing import Any
 import jax
 from jax._src import source_info_util
 
-from flaxderm import run as run_lib
+from flaxderm.tools import run as run_lib
 from flaxderm.data import preprocess as preprocess_lib
 
 FORMATS = ("onnx", "savedmodel", "tflite")
@@ -243,3 +244,19 @@ def export_run(workdir: str | Path, fmt: str, out: str | Path, *, params: str | 
   card_json.write_text(json.dumps(card, indent=2, default=str) + "\n")
   card_md.write_text(_card_markdown(card))
   return card
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  run_lib.add_run_arguments(parser)
+  parser.add_argument("--format", required=True, choices=FORMATS)
+  parser.add_argument("--out", required=True, help="file (onnx, tflite) or folder (savedmodel)")
+  parser.add_argument("--batch-size", type=int, default=1,
+                      help="tflite: the batch when the converter needs a fixed one")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+
+
+def main(args: argparse.Namespace) -> None:
+  card = export_run(args.workdir, args.format, args.out, params=args.params, use_ema=args.ema,
+                    tta=args.tta, batch_size=args.batch_size, overwrite=args.overwrite)
+  print(f"exported {card['architecture']['name']} ({card['format']}, input "
+        f"{card['input']['shape']}) to {args.out}; model card {args.out}.card.md", flush=True)

@@ -37,7 +37,7 @@ import numpy as np
 from scipy import special
 
 from flaxderm import metrics as metrics_lib
-from flaxderm import run as run_lib
+from flaxderm.tools import run as run_lib
 from flaxderm.train import config as config_lib
 from flaxderm.train import parallel as parallel_lib
 from flaxderm.train import scoring

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from scipy import stats as scipy_stats
 
-from flaxderm import run as run_lib
+from flaxderm.tools import run as run_lib
 from flaxderm.train import config as config_lib
 
 log = logging.getLogger(__name__)

@@ -7,13 +7,13 @@ writes ``RUN/report/index.html`` and its PNGs (matplotlib, Agg canvas; no displa
 
 * training loss and validation metrics over steps, from ``metrics.jsonl`` (one line per fold of a
   cross-validation run);
-* the evaluation's metrics, from ``RUN/evaluation/`` (``flaxderm.evaluate``: run first when the
+* the evaluation's metrics, from ``RUN/evaluation/`` (``flaxderm.tools.evaluate``: run first when the
   run has not been scored yet; that needs its validation split);
 * classification: the confusion matrix (counts and row-normalised), ROC and precision-recall
   curves per class (one-vs-rest, with their AUC and average precision, scikit-learn), the
   reliability diagram with its expected calibration error (``metrics.reliability_bins`` and
   ``metrics.calibration``, 15 equal-width bins), and the ``N`` most confident mistakes beside the
-  Grad-CAM of the class predicted (``flaxderm.explain``, default layer);
+  Grad-CAM of the class predicted (``flaxderm.tools.explain``, default layer);
 * segmentation: the ``N`` cases with the lowest Dice, the ground truth (green) and the prediction
   (red) outlined on the image at its original size, and the histogram of per-image Dice;
 * a cross-validation run (``fold_*/``): the per-fold metrics with their mean and sample standard
@@ -24,6 +24,7 @@ then show the predictions of the parameters that evaluation scored.
 """
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import math
@@ -35,10 +36,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as sk_metrics
 
-from flaxderm import evaluate as evaluate_lib
-from flaxderm import explain as explain_lib
+from flaxderm.tools import evaluate as evaluate_lib
+from flaxderm.tools import explain as explain_lib
 from flaxderm import metrics as metrics_lib
-from flaxderm import run as run_lib
+from flaxderm.tools import run as run_lib
 from flaxderm.data import pipeline
 from flaxderm.data import preprocess
 from flaxderm.train import config as config_lib
@@ -463,3 +464,15 @@ def write_report(workdir: str | Path, *, params: str | None = None, use_ema: boo
   page = out / "index.html"
   page.write_text(PAGE.format(title=html.escape(title), body="\n".join(parts)), encoding="utf-8")
   return page
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  run_lib.add_run_arguments(parser)
+  parser.add_argument("--cases", type=int, default=DEFAULT_CASES,
+                      help="how many worst cases / confident mistakes to show")
+
+
+def main(args: argparse.Namespace) -> None:
+  path = write_report(args.workdir, params=args.params, use_ema=args.ema, tta=args.tta,
+                      cases=args.cases)
+  print(f"report written to {path}", flush=True)

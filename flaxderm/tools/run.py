@@ -15,12 +15,13 @@ resize mode and normalisation).
 A cross-validation run (a directory of ``fold_*/`` runs) loads as one model: the average of the
 folds' probabilities.
 
-A run calibrated by ``launch.py evaluate --calibrate`` (``flaxderm.calibration``) holds its
+A run calibrated by ``launch.py evaluate --calibrate`` (``flaxderm.tools.calibration``) holds its
 temperature T in ``calibration.json``; its logits are divided by T before the probabilities are
 taken (each fold by its own), unless ``load_run(..., calibrated=False)``.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -47,6 +48,18 @@ RESULTS = "results.json"  # a finished training run's summary (flaxderm.train.lo
 CALIBRATION = "calibration.json"
 FOLD_PATTERN = "fold_*"
 THRESHOLD = 0.5
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, workdir: bool = True) -> None:
+  """The options of the tools applied to a trained run: which run, and which of its parameters."""
+  if workdir:
+    parser.add_argument("--workdir", required=True, help="the training run (or CV run) directory")
+  parser.add_argument("--params", choices=config_lib.FINAL_PARAMS,
+                      help="which parameters (default: the run's config.final_params)")
+  parser.add_argument("--ema", action=argparse.BooleanOptionalAction,
+                      help="use the EMA of the parameters, or not (default: config.use_ema)")
+  parser.add_argument("--tta", help="test-time augmentation, none|hflip|flips (default: the "
+                      "run's config.eval.tta)")
 
 
 def run_directories(workdir: str | Path) -> list[Path]:

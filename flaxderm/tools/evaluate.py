@@ -1,7 +1,4 @@
-"""Scoring: a model's parameters on a dataset split, as set metrics and as one row per case.
-
-Used during training (validation every N steps; ``flaxderm.train.loop``) and afterwards on a run
-directory::
+"""Scoring a trained run on a dataset split, as set metrics and as one row per case::
 
     python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
         [--ema | --no-ema] [--tta none|hflip|flips]
@@ -12,10 +9,12 @@ without its EMA or test-time augmentation is how those ingredients are ablated) 
 the run's validation set, or -- with ``--manual-dir`` -- on all of the dataset found in DIR (same
 layout as the official release), prepared into a temporary folder so no other prepared copy is
 read. It writes ``RUN/evaluation/cases.csv`` (per case) and ``RUN/evaluation/metrics.json``, and
-prints the metrics as one JSON line, last.
+prints the metrics as one JSON line, last. Batches and per-case rows come from
+``flaxderm.train.scoring``, the code the training loop validates with.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import json
@@ -31,7 +30,8 @@ import ml_collections
 import numpy as np
 
 from flaxderm import metrics as metrics_lib
-from flaxderm import run as run_lib
+from flaxderm.tools import calibration
+from flaxderm.tools import run as run_lib
 from flaxderm.data import pipeline
 from flaxderm.train import config as config_lib
 from flaxderm.train import parallel as parallel_lib
@@ -110,7 +110,7 @@ def _evaluate_cross_validation(workdir: Path, folds: list[Path], *, manual_dir: 
   """Each fold on its own validation split (the cross-validation estimate: mean, std and 95% CI
   over folds, and the out-of-fold cases), or -- with ``manual_dir`` -- each fold and the fold
   ensemble (the mean of their probabilities) on that dataset."""
-  from flaxderm import crossval  # pylint: disable=g-import-not-at-top  (it imports this module)
+  from flaxderm.tools import crossval  # pylint: disable=g-import-not-at-top  (it imports this module)
 
   per_fold = [_score([fold], fold / "evaluation", manual_dir=manual_dir, **options)
               for fold in folds]
@@ -207,3 +207,20 @@ def _ensemble_batches(data_cfgs: list[ml_collections.ConfigDict], split: str, ba
     if any(not np.array_equal(b["id"], batches[0]["id"]) for b in batches[1:]):
       raise ValueError("the folds' evaluation batches hold different cases")
     yield {**batches[0], "image": np.stack([b["image"] for b in batches], axis=1)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  run_lib.add_run_arguments(parser)
+  parser.add_argument("--manual-dir", help="score all of the dataset in this folder")
+  parser.add_argument("--calibrate", action="store_true", help="first fit the temperature on "
+                      "the validation split into RUN/calibration.json (tools/calibration.py)")
+
+
+def main(args: argparse.Namespace) -> None:
+  if args.calibrate:
+    fitted = calibration.calibrate_run(args.workdir, params=args.params, use_ema=args.ema,
+                                       tta=args.tta)
+    print(calibration.format_results(fitted), flush=True)
+  metrics = evaluate_run(args.workdir, manual_dir=args.manual_dir, params=args.params,
+                         use_ema=args.ema, tta=args.tta)
+  print(json_line(metrics), flush=True)

@@ -132,10 +132,10 @@ def flaxderm_config(comparison: Comparison, args, index: int, fold: int | None):
 
 def fold_groups(comparison: Comparison, args, fold: int) -> list[str]:
   """The lesion keys flaxderm holds out in ``fold``."""
-  from flaxderm.data import pipeline  # pylint: disable=g-import-not-at-top
+  from flaxderm.data import splits
 
   cfg = flaxderm_config(comparison, args, fold, fold)
-  return sorted(set(pipeline.split_groups(cfg.data, "validation")))
+  return sorted(set(splits.split_groups(cfg.data, "validation")))
 
 
 def run_reference(comparison: Comparison, args, scratch: Path, index: int,

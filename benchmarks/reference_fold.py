@@ -4,7 +4,7 @@
 
 The reference scripts choose their held-out lesions with ``common.is_validation(key)``; this
 wrapper replaces that function by membership in GROUPS.json (the lesion keys of flaxderm's fold,
-``flaxderm.data.pipeline.split_groups``) before the script imports it, so both systems hold out
+``flaxderm.data.splits.split_groups``) before the script imports it, so both systems hold out
 the same lesions. It also records the labels and predictions the script passes to scikit-learn's
 ``balanced_accuracy_score`` into RECORD.json (classification scripts), for pooled statistics. It
 fails if some of the fold's lesions never reached the script (a key mismatch would silently

@@ -7,7 +7,7 @@ def transformer_config(model: str, weights: str, arg=None):
   weights by inverse square-root frequency, best balanced accuracy kept."""
   c = config_lib.default_config()
   c.model.name = model
-  c.model.kwargs = {"img_size": 224, "drop_path_rate": 0.1}
+  c.model.kwargs = {"drop_path_rate": 0.1}
   c.model.pretrained = weights
   c.data.name = "ham10000"
   c.data.split = "hashed"

@@ -12,6 +12,7 @@ import pytest
 
 from flaxderm.data import config as config_lib
 from flaxderm.data import pipeline
+from flaxderm.data import sources
 from flaxderm.data import splits
 
 
@@ -36,7 +37,7 @@ def lesion_record(i, *, size=(40, 52), labels=3, encoded=False, with_mask=True):
 
 
 def memory_source(n_train=24, n_test=7, **kw):
-  return pipeline.InMemorySource(
+  return sources.InMemorySource(
       {"train": [lesion_record(i, **kw) for i in range(n_train)],
        "test": [lesion_record(100 + i, **kw) for i in range(n_test)]},
       class_names=["nevus", "melanoma", "keratosis"])
@@ -198,7 +199,7 @@ def test_random_train_crop_sees_the_sides_evaluation_crops_away():
     record["image"][:, :4] = record["image"][:, -4:] = (0, 255, 0)  # outside the 40 px square
     return record
 
-  source = pipeline.InMemorySource({"train": [marked(i) for i in range(8)]},
+  source = sources.InMemorySource({"train": [marked(i) for i in range(8)]},
                                    class_names=["nevus", "melanoma", "keratosis"])
   cfg = small_config(normalization="unit", train_crop="random", shuffle=False)
   cfg.augment.hflip.p = cfg.augment.vflip.p = 0.0
@@ -373,8 +374,8 @@ def test_kfold_partitions_groups_and_stratifies():
   folds = []
   for fold in range(5):
     cfg = small_config(split="kfold", num_folds=5, fold=fold)
-    _, train = pipeline.resolve_split(source, cfg, "train")
-    _, validation = pipeline.resolve_split(source, cfg, "validation")
+    _, train = splits.resolve_split(source, cfg, "train")
+    _, validation = splits.resolve_split(source, cfg, "validation")
     assert not set(train) & set(validation) and len(train) + len(validation) == n
     train_groups = {i // 2 for i in train}
     assert not train_groups & {i // 2 for i in validation}  # lesions never straddle
@@ -396,7 +397,7 @@ def test_class_balanced_sampling_equalises_labels():
   records = [lesion_record(i, labels=1) for i in range(30)]
   for i, record in enumerate(records):
     record["label"] = 0 if i < 24 else (1 if i < 28 else 2)  # 24 / 4 / 2
-  source = pipeline.InMemorySource({"train": records}, class_names=["a", "b", "c"])
+  source = sources.InMemorySource({"train": records}, class_names=["a", "b", "c"])
   cfg = small_config(class_balanced=True)
   labels = np.concatenate([b["label"] for b in take(pipeline.make_train_iterator(
       cfg, global_batch_size=6, seed=0, source=source), 10)])
@@ -450,7 +451,7 @@ def test_preprocessing_runs_in_the_pipeline():
   for record in records:
     record["image"] = record["image"].copy()
     record["image"][:4] = 0  # a black band of 4 rows: cropped, mask cropped alike
-  source = pipeline.InMemorySource({"train": records})
+  source = sources.InMemorySource({"train": records})
   unit = small_config(normalization="unit")
   unit.preprocess.remove_black_frame = True
   batch = next(pipeline.make_eval_iterator(unit, "train", global_batch_size=4, source=source))

@@ -14,6 +14,7 @@ from flaxderm.tools import predict as predict_lib
 from flaxderm.tools import run as run_lib
 from flaxderm.data import config as data_config
 from flaxderm.data import pipeline
+from flaxderm.data import sources
 from flaxderm.data import preprocess
 from flaxderm.data.builders import ham10000
 from flaxderm.train import loop
@@ -64,7 +65,7 @@ def test_input_window_follows_black_frame_cropping():
 
 def test_model_input_is_what_evaluation_batches_hold(segmentation_run):
   cfg = run_lib.run_config(segmentation_run)
-  data_cfg = pipeline.open_source(cfg.data)
+  data_cfg = sources.open_source(cfg.data)
   records = data_cfg.split("validation")
   batch = next(iter(pipeline.make_eval_iterator(cfg.data, "validation", global_batch_size=4)))
   for i in range(4):

@@ -20,7 +20,7 @@ import pytest
 
 from flaxderm.tools import evaluate as evaluate_lib
 from flaxderm import losses
-from flaxderm.data import pipeline
+from flaxderm.data import pipeline, sources
 from flaxderm.models import create_model
 from flaxderm.train import checkpoint as checkpoint_lib
 from flaxderm.train import config as config_lib
@@ -63,7 +63,7 @@ def random_batch(n=4, size=16, seed=0):
 def build(cfg):
   model = setup.make_model(cfg, SEGMENTATION)
   task = setup.make_task(cfg, SEGMENTATION)
-  variables, _ = setup.init_variables(model, cfg)
+  variables, _, _ = setup.init_variables(model, cfg)
   tx = optim.make_optimizer(cfg.optimizer, variables["params"])
   state = create_train_state(variables, tx, seed=cfg.seed, ema=cfg.optimizer.ema_decay > 0)
   step = jax.jit(step_lib.make_train_step(model, tx, task, cfg))
@@ -190,7 +190,7 @@ CLASSIFICATION = setup.RunInfo("classification", ("a", "b", "c"), 3)
 def _train_losses(cfg, info, batches, num_steps):
   model = setup.make_model(cfg, info)
   task = setup.make_task(cfg, info)
-  variables, _ = setup.init_variables(model, cfg)
+  variables, _, _ = setup.init_variables(model, cfg)
   tx = optim.make_optimizer(cfg.optimizer, variables["params"])
   state = create_train_state(variables, tx, seed=cfg.seed, ema=False)
   step = jax.jit(step_lib.make_train_step(model, tx, task, cfg))
@@ -422,7 +422,7 @@ def test_class_weights_and_logit_adjustment_come_from_the_training_counts():
   cfg = tiny_config(**{"data.task": "classification", "loss.name": "cross_entropy",
                        "loss.class_weight_power": 1.0, "loss.logit_adjustment_tau": 0.5})
   info = setup.run_info(cfg)
-  source = pipeline.open_source(cfg.data)
+  source = sources.open_source(cfg.data)
   labels = [int(r["label"]) for r in source.split("train")]
   counts = np.bincount(labels, minlength=len(info.class_names))
   options = setup.count_loss_options(cfg, info)
@@ -505,3 +505,33 @@ def test_compiler_options_a_jaxlib_rejects_fall_back_to_defaults(monkeypatch, ca
     assert "not accepted by this jaxlib" in caplog.text
   finally:
     parallel.compiler_options.cache_clear()
+
+
+def test_training_reads_the_config_and_records_the_statistics_it_derived(tmp_path):
+  cfg = tiny_config(**{"data.normalization": "dataset", "num_steps": 1, "eval.every_steps": 1})
+  given = cfg.to_dict()
+  loop.train(cfg, tmp_path)
+  assert cfg.to_dict() == given  # read, never edited
+  recorded = config_lib.load_config(tmp_path / "config.json")
+  mean, std = pipeline.dataset_statistics(cfg.data)
+  assert tuple(recorded.data.mean) == pytest.approx(mean)
+  assert tuple(recorded.data.std) == pytest.approx(std)
+
+
+def test_input_size_dependent_models_are_built_for_the_data_size():
+  cfg = tiny_config(**{"model.name": "vit_tiny", "data.task": "classification"})
+  cfg.model.kwargs = {}
+  info = setup.RunInfo("classification", ("a", "b"), 2)
+  assert setup.make_model(cfg, info).img_size == 32
+  cfg.model.kwargs = {"img_size": 64}  # named by the config: kept
+  assert setup.make_model(cfg, info).img_size == 64
+
+
+@pytest.mark.parametrize("model,loss,task", [
+    ("unet", "focal", "segmentation"), ("resnet18", "dice", "classification"),
+    ("deeplabv3plus", "cross_entropy", "segmentation")])
+def test_runlocal_trains_the_models_task_whatever_the_loss(model, loss, task):
+  cfg = config_lib.default_config()
+  cfg.model.name, cfg.loss.name = model, loss
+  config_lib.runlocal(cfg)
+  assert cfg.data.task == task

@@ -1,1 +1,10 @@
-"""Input data: TFDS builders (``flaxderm.data.builders``) and grain pipelines (``pipeline``)."""
+"""Input data, from the official download folders to batches; knows nothing of models or training.
+
+* ``builders/``: one TFDS builder per dataset (ArrayRecord), reading a local manual directory.
+* ``sources``: a prepared dataset (or lists of records) as random-access records by split.
+* ``splits``: grouped train/validation splits (hashed, k-fold, all) and process sharding.
+* ``preprocess``, ``augment``: per-image preparation and training augmentation (numpy/OpenCV).
+* ``config``: the data options and their checks; ``pipeline``: the grain pipelines to batches.
+
+May import: numpy, OpenCV, TFDS/TensorFlow, grain; nothing else of flaxderm.
+"""

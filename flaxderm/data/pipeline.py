@@ -14,222 +14,38 @@ Layout of a training pipeline::
       -> .to_iter_dataset(ReadOptions)      `read_threads` threads prepare examples ahead
       -> .batch(per_process_batch)          (optionally .mp_prefetch for `num_workers` processes)
 
-Records come from a ``DataSource``: ``TfdsSource`` (the prepared TFDS builder, images read as
-encoded bytes and decoded here with OpenCV) or ``InMemorySource`` (lists of feature dicts, for
-tests and notebooks). Both yield dicts with the builders' feature layout.
+Records come from a ``flaxderm.data.sources.DataSource`` (images as encoded bytes, decoded here
+with OpenCV), the split's records from ``flaxderm.data.splits.resolve_split``.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from absl import flags
 import grain
-import ml_collections
 import numpy as np
 
 from flaxderm.data import augment as augment_lib
 from flaxderm.data import config as config_lib
 from flaxderm.data import preprocess as preprocess_lib
+from flaxderm.data import sources
 from flaxderm.data import splits as splits_lib
+from flaxderm.data.sources import DataSource, Record
 
-Record = dict[str, Any]
 SEGMENTATION_CLASSES = ("background", "lesion")
-
-
-# ----------------------------------------------------------------------------------------------
-# Data sources.
-
-
-class DataSource(Protocol):
-  """Random-access records split by name (the builders' feature layout)."""
-
-  key: str  # identifies the data for the in-memory cache
-  has_mask: bool
-  class_names: tuple[str, ...] | None  # label names; None when records carry no label
-
-  def split_names(self) -> tuple[str, ...]: ...
-
-  def split(self, name: str) -> Sequence[Record]: ...
-
-
-class _Concat(Sequence):
-  """Several random-access sources read as one ("train+validation")."""
-
-  def __init__(self, parts: Sequence[Sequence[Record]]):
-    self._parts = list(parts)
-    self._starts = np.cumsum([0] + [len(p) for p in self._parts])
-
-  def __len__(self) -> int:
-    return int(self._starts[-1])
-
-  def __getitem__(self, index: int) -> Record:
-    part = int(np.searchsorted(self._starts, index, side="right")) - 1
-    return self._parts[part][index - int(self._starts[part])]
-
-
-def _unknown_split(name: str, known: Sequence[str]) -> ValueError:
-  return ValueError(f"split {name!r} does not exist; the dataset has {tuple(known)}")
-
-
-class InMemorySource:
-  """Records held in Python lists: ``{split name: [feature dict, ...]}``.
-
-  Images/masks may be arrays or encoded bytes; ``class_names`` names the labels (inferred as
-  "0", "1", ... from the largest label when omitted).
-  """
-  _ids = itertools.count()
-
-  def __init__(self, splits: Mapping[str, Sequence[Record]],
-               class_names: Sequence[str] | None = None):
-    self._splits = {name: list(records) for name, records in splits.items()}
-    first = next((r[0] for r in self._splits.values() if r), None)
-    if first is None:
-      raise ValueError("InMemorySource: every split is empty")
-    self.key = f"memory:{next(self._ids)}"
-    self.has_mask = "mask" in first
-    if "label" in first and class_names is None:
-      top = max(int(r["label"]) for rs in self._splits.values() for r in rs)
-      class_names = tuple(str(i) for i in range(top + 1))
-    self.class_names = tuple(class_names) if "label" in first else None
-
-  def split_names(self) -> tuple[str, ...]:
-    return tuple(self._splits)
-
-  def split(self, name: str) -> Sequence[Record]:
-    parts = name.split("+")
-    for part in parts:
-      if part not in self._splits:
-        raise _unknown_split(part, self._splits)
-    return _Concat([self._splits[p] for p in parts]) if len(parts) > 1 else self._splits[name]
-
-
-class TfdsSource:
-  """A dataset prepared by ``flaxderm.data.builders.prepare`` in ArrayRecord format.
-
-  Images and masks are read undecoded (``tfds.decode.SkipDecoding``): decoding happens in the
-  pipeline with OpenCV, and scanning a split for its groups/labels does not decode any pixels.
-  """
-
-  def __init__(self, data_cfg: Mapping[str, Any]):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
-    from flaxderm.data import builders  # pylint: disable=g-import-not-at-top  (pulls in TF)
-
-    self.builder = builders.prepare(
-        data_cfg["name"], data_dir=data_cfg["data_dir"], manual_dir=data_cfg["manual_dir"],
-        builder_config=data_cfg["builder_config"],
-        builder_kwargs=dict(data_cfg["builder_kwargs"]) or None,
-        skip_bad_examples=data_cfg["skip_bad_examples"])
-    features = self.builder.info.features
-    # The source fingerprint: a copy prepared again from other files is other data to the caches.
-    recorded = self.builder.recorded_source() or {}
-    self.key = (f"tfds:{self.builder.info.full_name}@{self.builder.data_dir}"
-                f"#{recorded.get('fingerprint', '')}")
-    self.has_mask = "mask" in features
-    self.class_names = tuple(features["label"].names) if "label" in features else None
-    self._decoders = {k: tfds.decode.SkipDecoding() for k in ("image", "mask") if k in features}
-
-  def split_names(self) -> tuple[str, ...]:
-    return tuple(self.builder.info.splits.keys())
-
-  def split(self, name: str) -> Sequence[Record]:
-    parts = name.split("+")
-    for part in parts:
-      if part not in self.builder.info.splits:
-        raise _unknown_split(part, self.split_names())
-    sources = [self.builder.as_data_source(p, decoders=self._decoders) for p in parts]
-    return _Concat(sources) if len(sources) > 1 else sources[0]
-
-
-@functools.lru_cache(maxsize=8)
-def _tfds_source(frozen_cfg: str) -> TfdsSource:
-  return TfdsSource(json.loads(frozen_cfg))
-
-
-def open_source(data_cfg: Mapping[str, Any]) -> DataSource:
-  """The TFDS dataset named by ``data_cfg`` (prepared on first use, then reused)."""
-  keys = ("name", "data_dir", "manual_dir", "builder_config", "builder_kwargs",
-          "skip_bad_examples")
-  return _tfds_source(json.dumps({k: _plain(data_cfg[k]) for k in keys}, sort_keys=True))
-
-
-def _plain(value: Any) -> Any:
-  return value.to_dict() if isinstance(value, (ml_collections.ConfigDict,
-                                               ml_collections.FrozenConfigDict)) else value
-
-
-# ----------------------------------------------------------------------------------------------
-# Splits: official, hashed by group, k-fold by group, all.
-
-
-def record_text(value: Any) -> str:
-  """A record's string feature (TFDS gives bytes) as str."""
-  return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
-
-
-@functools.lru_cache(maxsize=32)
-def _split_metadata(source: DataSource, name: str) -> tuple[tuple[str, ...], np.ndarray | None]:
-  """(groups, labels or None) of every record of a split, in record order."""
-  records = source.split(name)
-  rows = [records[i] for i in range(len(records))]
-  groups = tuple(record_text(r["group"]) if "group" in r else record_text(r["id"]) for r in rows)
-  labels = np.asarray([int(r["label"]) for r in rows], np.int64) if source.class_names else None
-  return groups, labels
-
-
-def resolve_split(source: DataSource, cfg: Mapping[str, Any], name: str
-                  ) -> tuple[str, np.ndarray]:
-  """(official split that holds the records, indices of the records in it) for split ``name``.
-
-  With data.split "hashed"/"kfold", "train" and "validation" are parts of data.source_split;
-  with "all", "train" is all of it. Every other name is the dataset's own split.
-  """
-  mode = cfg["split"]
-  derived = {"hashed": ("train", "validation"), "kfold": ("train", "validation"),
-             "all": ("train",)}.get(mode, ())
-  if name not in derived:
-    return name, np.arange(len(source.split(name)))
-  base = cfg["source_split"]
-  if mode == "all":
-    return base, np.arange(len(source.split(base)))
-  groups, labels = _split_metadata(source, base)
-  if mode == "hashed":
-    train, validation = splits_lib.hashed_split(groups)
-  else:
-    train, validation = splits_lib.kfold_split(groups, labels, num_folds=cfg["num_folds"],
-                                               fold=cfg["fold"], seed=cfg["split_seed"])
-  indices = train if name == "train" else validation
-  if indices.size == 0:
-    raise ValueError(f"data.split={mode!r}: split {name!r} of {base!r} is empty")
-  return base, indices
-
-
-# Which records a split reads, not how each image is prepared: the folds of a CV run differ here.
-SPLIT_KEYS = ("split", "source_split", "num_folds", "fold", "split_seed", "train_split",
-              "eval_split")
 
 
 def preparation(data_cfg: Mapping[str, Any]) -> str:
   """A key equal for data configs that turn an image into the same model input (e.g. the folds of
   a CV run sharing their normalisation), so such inputs are prepared once."""
   plain = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
-  return json.dumps({k: v for k, v in plain.items() if k not in SPLIT_KEYS}, sort_keys=True,
-                    default=str)
-
-
-def split_groups(cfg: Mapping[str, Any], name: str) -> list[str]:
-  """The group (lesion key) of every record of split ``name`` (e.g. the lesions of a k-fold
-  validation part, for another program to train on the same fold)."""
-  source = open_source(cfg)
-  base, indices = resolve_split(source, cfg, name)
-  groups, _ = _split_metadata(source, base)
-  return [groups[i] for i in indices]
+  return json.dumps({k: v for k, v in plain.items() if k not in splits_lib.SPLIT_KEYS},
+                    sort_keys=True, default=str)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,8 +63,8 @@ _PREPARE_KEYS = ("preprocess", "image_size", "resize", "crop_fraction")
 
 
 def _prepare_key(cfg: Mapping[str, Any], keep_context: bool = False) -> str:
-  return json.dumps({**{k: _plain(cfg[k]) for k in _PREPARE_KEYS}, "keep_context": keep_context},
-                    sort_keys=True, default=list)
+  return json.dumps({**{k: sources.plain(cfg[k]) for k in _PREPARE_KEYS},
+                     "keep_context": keep_context}, sort_keys=True, default=list)
 
 
 def prepare_pair(image: np.ndarray, mask: np.ndarray | None, cfg: Mapping[str, Any], *,
@@ -256,7 +72,7 @@ def prepare_pair(image: np.ndarray, mask: np.ndarray | None, cfg: Mapping[str, A
   """The deterministic geometry and pixel steps of every example (training, evaluation and
   prediction): ``data.preprocess`` (black frame, hair), then ``resize`` to ``image_size``
   (``keep_context``: at that scale, with the image around the square; ``data.train_crop``)."""
-  image, mask = preprocess_lib.preprocess(image, mask, _plain(cfg["preprocess"]))
+  image, mask = preprocess_lib.preprocess(image, mask, sources.plain(cfg["preprocess"]))
   return preprocess_lib.resize(image, mask, cfg["image_size"], mode=cfg["resize"],
                                crop_fraction=cfg["crop_fraction"], keep_context=keep_context)
 
@@ -295,7 +111,7 @@ class PreparedSplit(Sequence):
     self.indices = np.asarray(indices, np.int64)
     self._has_mask = source.has_mask
     self._has_label = source.class_names is not None
-    self._cfg = {k: _plain(cfg[k]) for k in _PREPARE_KEYS}
+    self._cfg = {k: sources.plain(cfg[k]) for k in _PREPARE_KEYS}
     self._keep_context = keep_context
     self._cache = (_CACHES.setdefault((source.key, _prepare_key(cfg, keep_context)), {})
                    if cfg["cache"] else None)
@@ -328,10 +144,10 @@ class PreparedSplit(Sequence):
       mask = (preprocess_lib.decode_image(record["mask"], channels=1, name="mask")[..., 0] > 0)
       mask = mask.astype(np.uint8)
       if mask.shape != image.shape[:2]:
-        raise ValueError(f"example {record_text(record['id'])!r}: mask {mask.shape} does not match "
-                         f"image {image.shape[:2]}")
+        raise ValueError(f"example {sources.record_text(record['id'])!r}: mask {mask.shape} does "
+                         f"not match image {image.shape[:2]}")
     image, mask = prepare_pair(image, mask, self._cfg, keep_context=self._keep_context)
-    prepared = {"image": image, "id": record_text(record["id"])}
+    prepared = {"image": image, "id": sources.record_text(record["id"])}
     if mask is not None:
       prepared["mask"] = mask
     if self._has_label:
@@ -420,12 +236,12 @@ def _checked(data_cfg: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _source(data_cfg: Mapping[str, Any], source: DataSource | None) -> DataSource:
-  return open_source(data_cfg) if source is None else source
+  return sources.open_source(data_cfg) if source is None else source
 
 
 def _prepared(source: DataSource, cfg: Mapping[str, Any], name: str, *,
               keep_context: bool = False) -> PreparedSplit:
-  split, indices = resolve_split(source, cfg, name)
+  split, indices = splits_lib.resolve_split(source, cfg, name)
   return PreparedSplit(source, cfg, split, indices, keep_context=keep_context)
 
 
@@ -504,7 +320,7 @@ def dataset_info(data_cfg: Mapping[str, Any], *, source: DataSource | None = Non
   num_examples = {}
   for name in names:
     try:
-      num_examples[name] = len(resolve_split(source, cfg, name)[1])
+      num_examples[name] = len(splits_lib.resolve_split(source, cfg, name)[1])
     except ValueError:  # e.g. "validation" of a dataset with a single official part
       continue
   labels = source.class_names or ()
@@ -543,7 +359,7 @@ def make_train_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, 
   if cfg["class_balanced"]:
     if source.class_names is None:
       raise ValueError(f"data.class_balanced needs labels; dataset {cfg['name']!r} has none")
-    _, labels = _split_metadata(source, prepared.split)
+    _, labels = splits_lib.split_metadata(source, prepared.split)
     local_labels = labels[prepared.indices[local]]
     classes = np.unique(local_labels)
     dataset = grain.MapDataset.mix(
@@ -552,7 +368,7 @@ def make_train_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, 
   else:
     dataset = stream(local, 0)
   transform = _ToBatchRecord(_normalization_stats(source, cfg),
-                             augment_lib.Augmenter(_plain(cfg["augment"])),
+                             augment_lib.Augmenter(sources.plain(cfg["augment"])),
                              window=cfg["image_size"] if random_crop else None)
   dataset = dataset.random_map(transform, seed=_seed(seed, process_index, 1))
   return _finish(dataset, cfg, batch_size, drop_remainder=True)

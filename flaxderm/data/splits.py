@@ -7,10 +7,14 @@ same lesions.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from flaxderm.data import sources
 
 # data.split: "official" = the dataset's own splits; "hashed" = is_validation() on `group` inside
 # data.source_split; "kfold" = stratified group k-fold inside data.source_split; "all" = every
@@ -60,3 +64,59 @@ def shard(indices: np.ndarray, process_index: int, process_count: int) -> np.nda
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
   return np.asarray(indices)[process_index::process_count]
+
+
+# ----------------------------------------------------------------------------------------------
+# A data config's split: official, hashed by group, k-fold by group, all.
+
+
+@functools.lru_cache(maxsize=32)
+def split_metadata(source: sources.DataSource, name: str
+                   ) -> tuple[tuple[str, ...], np.ndarray | None]:
+  """(groups, labels or None) of every record of a split, in record order."""
+  records = source.split(name)
+  rows = [records[i] for i in range(len(records))]
+  groups = tuple(sources.record_text(r["group"] if "group" in r else r["id"]) for r in rows)
+  labels = np.asarray([int(r["label"]) for r in rows], np.int64) if source.class_names else None
+  return groups, labels
+
+
+def resolve_split(source: sources.DataSource, cfg: Mapping[str, Any], name: str
+                  ) -> tuple[str, np.ndarray]:
+  """(official split that holds the records, indices of the records in it) for split ``name``.
+
+  With data.split "hashed"/"kfold", "train" and "validation" are parts of data.source_split;
+  with "all", "train" is all of it. Every other name is the dataset's own split.
+  """
+  mode = cfg["split"]
+  derived = {"hashed": ("train", "validation"), "kfold": ("train", "validation"),
+             "all": ("train",)}.get(mode, ())
+  if name not in derived:
+    return name, np.arange(len(source.split(name)))
+  base = cfg["source_split"]
+  if mode == "all":
+    return base, np.arange(len(source.split(base)))
+  groups, labels = split_metadata(source, base)
+  if mode == "hashed":
+    train, validation = hashed_split(groups)
+  else:
+    train, validation = kfold_split(groups, labels, num_folds=cfg["num_folds"], fold=cfg["fold"],
+                                    seed=cfg["split_seed"])
+  indices = train if name == "train" else validation
+  if indices.size == 0:
+    raise ValueError(f"data.split={mode!r}: split {name!r} of {base!r} is empty")
+  return base, indices
+
+
+# Which records a split reads, not how each image is prepared: the folds of a CV run differ here.
+SPLIT_KEYS = ("split", "source_split", "num_folds", "fold", "split_seed", "train_split",
+              "eval_split")
+
+
+def split_groups(cfg: Mapping[str, Any], name: str) -> list[str]:
+  """The group (lesion key) of every record of split ``name`` (e.g. the lesions of a k-fold
+  validation part, for another program to train on the same fold)."""
+  source = sources.open_source(cfg)
+  base, indices = resolve_split(source, cfg, name)
+  groups, _ = split_metadata(source, base)
+  return [groups[i] for i in indices]

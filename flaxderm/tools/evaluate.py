@@ -33,6 +33,7 @@ from flaxderm import metrics as metrics_lib
 from flaxderm.tools import calibration
 from flaxderm.tools import run as run_lib
 from flaxderm.data import pipeline
+from flaxderm.data import sources
 from flaxderm.train import config as config_lib
 from flaxderm.train import parallel as parallel_lib
 from flaxderm.train import scoring
@@ -85,7 +86,7 @@ def _scoring_data(cfg: ml_collections.ConfigDict, manual_dir: str | None, scratc
   data_cfg.data_dir = scratch
   data_cfg.split = "official"
   setup.dataset_info(data_cfg)  # prepares it, or says how to get the files
-  return data_cfg, "+".join(pipeline.open_source(data_cfg).split_names())
+  return data_cfg, "+".join(sources.open_source(data_cfg).split_names())
 
 
 def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,

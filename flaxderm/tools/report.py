@@ -40,7 +40,8 @@ from flaxderm.tools import evaluate as evaluate_lib
 from flaxderm.tools import explain as explain_lib
 from flaxderm import metrics as metrics_lib
 from flaxderm.tools import run as run_lib
-from flaxderm.data import pipeline
+from flaxderm.data import sources
+from flaxderm.data import splits
 from flaxderm.data import preprocess
 from flaxderm.train import config as config_lib
 from flaxderm.train import setup
@@ -106,12 +107,12 @@ def _case_images(workdir: Path, rows: Sequence[Mapping[str, str]]
   found = {}
   for run_dir, wanted in by_run.items():
     data_cfg = setup.eval_data_config(run_lib.run_config(run_dir))
-    source = pipeline.open_source(data_cfg)
-    split, indices = pipeline.resolve_split(source, data_cfg, data_cfg.eval_split)
+    source = sources.open_source(data_cfg)
+    split, indices = splits.resolve_split(source, data_cfg, data_cfg.eval_split)
     records = source.split(split)
     for index in indices:
       record = records[int(index)]
-      case_id = pipeline.record_text(record["id"])
+      case_id = sources.record_text(record["id"])
       if case_id in wanted:
         mask = None
         if source.has_mask:

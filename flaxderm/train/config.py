@@ -334,8 +334,12 @@ def runlocal(cfg: ml_collections.ConfigDict, *, image_size: int = 32, **model_kw
   """Shrinks an experiment to a seconds-long smoke run of the same architecture and recipe: the
   package's synthetic dataset (no download; its labels stand in for a classification dataset's),
   ``image_size`` pixels, batch 2, 2 steps, one evaluation, and ``model_kwargs`` (narrower
-  widths). big_vision's ``runlocal`` switch."""
-  task = "classification" if cfg.loss.name in ("cross_entropy", "focal") else "segmentation"
+  widths). big_vision's ``runlocal`` switch. The synthetic images carry both a lesion mask and a
+  label; the task is the model's (a segmentation architecture segments, a classifier classifies),
+  so the smoke run trains the experiment's task whatever its loss."""
+  from flaxderm.models import model_entry  # pylint: disable=g-import-not-at-top  (jax: slow)
+
+  task = model_entry(cfg.model.name).task
   cfg.data.name = "synthetic_lesions"
   cfg.data.manual_dir = None
   cfg.data.builder_config = None
@@ -346,8 +350,6 @@ def runlocal(cfg: ml_collections.ConfigDict, *, image_size: int = 32, **model_kw
   cfg.data.class_balanced = False
   cfg.data.image_size = image_size
   cfg.eval_data = ml_collections.ConfigDict()
-  if "img_size" in cfg.model.kwargs:
-    cfg.model.kwargs.img_size = image_size
   cfg.model.kwargs.update(model_kwargs)
   cfg.model.pretrained = ""
   cfg.batch_size = 2

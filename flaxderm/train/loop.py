@@ -36,6 +36,8 @@ import numpy as np
 
 from flaxderm import metrics as metrics_lib
 from flaxderm.data import pipeline
+from flaxderm.data import sources
+from flaxderm.data import splits
 from flaxderm.train import checkpoint as checkpoint_lib
 from flaxderm.train import config as config_lib
 from flaxderm.train import logs
@@ -119,8 +121,8 @@ def _make_schedule(cfg: ml_collections.ConfigDict, num_train: int) -> _Schedule:
 
 
 def _num_examples(data_cfg: ml_collections.ConfigDict, split: str) -> int:
-  source = pipeline.open_source(data_cfg)
-  return len(pipeline.resolve_split(source, data_cfg, split)[1])
+  source = sources.open_source(data_cfg)
+  return len(splits.resolve_split(source, data_cfg, split)[1])
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -157,10 +159,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, *, is_main: bool, resu
   par.check_batch_size(cfg.eval.batch_size, "eval.batch_size")
   info = setup.run_info(cfg)
   model = setup.make_model(cfg, info)
-  variables, labels = setup.init_variables(model, cfg)  # may set the data normalisation
-  if cfg.data.normalization == "dataset" and not (cfg.data.mean and cfg.data.std):
-    # Recorded in config.json: prediction and export prepare images without the training data.
-    cfg.data.mean, cfg.data.std = pipeline.dataset_statistics(cfg.data)
+  variables, labels, weights_normalization = setup.init_variables(model, cfg)
+  cfg = setup.with_input_normalization(cfg, weights_normalization)
   task = setup.make_task(cfg, info, loss_options=setup.count_loss_options(cfg, info))
   eval_data = setup.eval_data_config(cfg)
   validating = config_lib.has_validation(cfg)  # False: trains on all, scored by launch.py evaluate

@@ -22,6 +22,8 @@ import numpy as np
 
 from flaxderm import losses
 from flaxderm.data import pipeline
+from flaxderm.data import sources
+from flaxderm.data import splits
 from flaxderm.models import create_model, pretrained
 from flaxderm.train import config as config_lib
 from flaxderm.train.step import Task
@@ -59,7 +61,7 @@ def dataset_info(data_cfg: ml_collections.ConfigDict) -> pipeline.DatasetInfo:
     raise ValueError(f"config.data.name: unknown dataset {data_cfg.name!r}; expected one of "
                      f"{sorted(builders.BUILDERS)}")
   try:
-    source = pipeline.open_source(data_cfg)
+    source = sources.open_source(data_cfg)
   except Exception as e:  # any failure to prepare: say how to get the files, keep the cause
     raise ValueError(
         f"dataset {data_cfg.name!r} is not prepared and could not be prepared from "
@@ -101,8 +103,8 @@ def count_loss_options(cfg: ml_collections.ConfigDict, info: RunInfo) -> dict[st
   for option, (key, _) in wanted.items():
     if option in cfg.loss.kwargs:
       raise ValueError(f"config.loss: give either loss.kwargs.{option} or loss.{key}, not both")
-  source = pipeline.open_source(cfg.data)
-  split, indices = pipeline.resolve_split(source, cfg.data, cfg.data.train_split)
+  source = sources.open_source(cfg.data)
+  split, indices = splits.resolve_split(source, cfg.data, cfg.data.train_split)
   records = source.split(split)
   counts = np.bincount([int(records[int(i)]["label"]) for i in indices],
                        minlength=len(info.class_names))
@@ -127,19 +129,27 @@ def make_task(cfg: ml_collections.ConfigDict, info: RunInfo, *,
 
 
 def make_model(cfg: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:
+  """``cfg.model`` with ``info``'s outputs. A model whose parameters depend on its input size
+  (``img_size``: a ViT's position embedding, a Swin's bias tables) is built for
+  ``data.image_size`` unless ``model.kwargs`` names its own."""
   kwargs = dict(cfg.model.kwargs)
   if cfg.compute_dtype != "float32":
     kwargs["dtype"] = jnp.dtype(cfg.compute_dtype)
   try:
-    return create_model(cfg.model.name, num_classes=info.output_channels, **kwargs)
+    model = create_model(cfg.model.name, num_classes=info.output_channels, **kwargs)
+    if "img_size" not in kwargs and hasattr(model, "img_size"):
+      model = create_model(cfg.model.name, num_classes=info.output_channels, **kwargs,
+                           img_size=cfg.data.image_size)
+    return model
   except ValueError as e:
     raise ValueError(f"config.model: {e}") from None
 
 
-def init_variables(model: nn.Module, cfg: ml_collections.ConfigDict) -> tuple[dict[str, Any], Any]:
-  """(initial variables, encoder/decoder labels of the params or None): fresh, or from
-  ``model.pretrained`` (whose input normalisation is then written into ``cfg.data`` and
-  ``cfg.eval_data``, so the pipeline feeds what the weights expect)."""
+def init_variables(model: nn.Module, cfg: ml_collections.ConfigDict
+                   ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+  """(initial variables, encoder/decoder labels of the params or None, the data normalisation the
+  weights expect): fresh (no normalisation of their own: {}), or from ``model.pretrained``
+  (``with_input_normalization`` puts its normalisation into the run's config)."""
   size = cfg.data.image_size
   if cfg.model.pretrained:
     variables, weights_info = pretrained.load_pretrained(
@@ -147,18 +157,33 @@ def init_variables(model: nn.Module, cfg: ml_collections.ConfigDict) -> tuple[di
         input_size=size)
     updates = weights_info.data_config_updates()
     log.info("pretrained %s: data normalisation %s", weights_info.source, updates)
-    cfg.data.update(updates)
-    if cfg.eval_data:
-      cfg.eval_data.update(updates)
     labels = pretrained.param_labels(variables["params"], model, arch=cfg.model.name)
-    return dict(variables), labels
+    return dict(variables), labels, updates
   dummy = jnp.zeros((1, size, size, 3), jnp.float32)
   # Initial values are drawn with the "rbg" generator: XLA:CPU compiles a model's initialiser
   # about 5-10x faster with it than with threefry (seconds per run), and any seeded draw will do.
   rngs = {"params": jax.random.key(cfg.seed, impl="rbg"),
           "dropout": jax.random.key(cfg.seed + 1, impl="rbg")}
   variables = jax.jit(lambda: model.init(rngs, dummy, train=False))()
-  return dict(variables), None
+  return dict(variables), None, {}
+
+
+def with_input_normalization(cfg: ml_collections.ConfigDict,
+                             weights_normalization: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of ``cfg`` whose data (and validation data) carry the normalisation the run trains
+  with: the pretrained weights' (``init_variables``), else for ``normalization="dataset"`` without
+  given statistics the training set's. ``cfg`` itself is not changed; the copy is what the run
+  records in config.json, so prediction and export prepare images without the training data."""
+  updates = dict(weights_normalization)
+  if not updates and cfg.data.normalization == "dataset" and not (cfg.data.mean and cfg.data.std):
+    updates["mean"], updates["std"] = pipeline.dataset_statistics(cfg.data)
+  if not updates:
+    return cfg
+  resolved = ml_collections.ConfigDict(cfg.to_dict())
+  resolved.data.update(updates)
+  if resolved.eval_data:
+    resolved.eval_data.update(updates)
+  return resolved
 
 
 def eval_data_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

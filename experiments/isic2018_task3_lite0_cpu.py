@@ -21,47 +21,9 @@ What differs:
   windows along the long side; this recipe trains on the centred square (``data.train_crop``
   "random" does what the reference does; it made no difference on the folds, below).
 
-Measured on the paired 5-fold protocol (benchmarks/RESULTS.md, 2026-12-03/04, lesion-grouped
-folds of ../shared/data, 1058 images, alternating runs, machine alone):
-
-| budget | recipe | balanced accuracy (fold std) | macro AUC | steps |
-|---|---|---:|---:|---:|
-| 900 s | reference (AMD EPYC) | 0.6009 (0.0729) | 0.9180 | 604 |
-| 900 s | this recipe, same machine | 0.5879 (0.0403) | 0.9237 | 929 |
-| 300 s | reference | 0.6090 (0.0756) | 0.9006 | 255 |
-| 300 s | this recipe | 0.6061 (0.0932) | 0.8987 | 363 |
-| 300 s | reference, another machine (AMD EPYC) | 0.6105 (0.0676) | 0.8994 | 217 |
-| 300 s | this recipe + translation crops, same machine | 0.5999 (0.0578) | 0.9009 | 313 |
-| 180 s | reference | 0.5652 (0.0725) | 0.8888 | 160 |
-| 180 s | reference's recipe in flaxderm (224 px) | 0.5491 (0.0869) | 0.8678 | 133 |
-| 180 s | previous recipe (logit adjustment, zoom crops) | 0.4917 (0.0470) | 0.8755 | 152 |
-
-So at 300 s this recipe is level with the reference (balanced accuracy -0.003, std of the paired
-differences 0.033, ahead on 3 of 5 folds; AUC -0.002), not ahead by the fold std the claim needs;
-with translation crops too (-0.011 with a paired std of 0.078; AUC +0.002; pooled out-of-fold
-balanced accuracy -0.010, paired bootstrap 95% CI -0.050 to +0.029).
-The previous recipe (logit adjustment ``tau = 1``, random zoom crops of scale 0.6-1) was chosen on
-one 307-image hashed split (0.654 vs 0.616 at 900 s); it lost on held-out ISIC images and on these
-folds (-0.074 at 180 s), so it is gone.
-At 900 s (the bar's budget) the recipe is still not ahead on balanced accuracy: -0.013, std of
-the paired differences 0.063, ahead on 1 of 5 folds, pooled out-of-fold paired bootstrap 95% CI
--0.060 to +0.037; it is ahead on macro AUC (+0.006, 4 of 5) and accuracy (+0.010, 4 of 5). A fold
-holds 6-7 actinic keratoses, 6-7 dermatofibromas and 5-6 vascular lesions, so one image of those
-moves balanced accuracy 2-3 points.
-Other encoders and 224 px, 300 s, same folds, against the same reference runs (AMD EPYC; the
-recipe itself rerun there as the control scored 0.5932, AUC 0.8994, 329 steps; each encoder
-with its ``model.pretrained=efficientnet_liteN.imagenet`` weights):
-
-| 300 s | balanced accuracy (fold std) | minus control | macro AUC | steps |
-|---|---:|---:|---:|---:|
-| Lite1 (``model.name=efficientnet_lite1``) | 0.5724 (0.0443) | -0.021 | 0.8890 | 255 |
-| Lite2 (``efficientnet_lite2``) | 0.5680 (0.0468) | -0.025 | 0.8807 | 208 |
-| this recipe at 224 px (``data.image_size=224``) | 0.5959 (0.0648) | +0.003 | 0.8900 | 213 |
-
-The control against the same recipe on the Xeon (0.6061) shows the noise floor: rerunning it
-moves a fold's balanced accuracy by up to 0.098 (std 0.054 over the folds) and the 5-fold mean
-by 0.013, so no lever measured here (loss, crops, resolution, TTA, encoder) has shown an effect
-five folds can resolve.
+Results (benchmarks/RESULTS.md, the "quality: isic_t3" sections, 2026-12-03/04: paired 5-fold
+lesion-grouped tables at 180, 300 and 900 s and the ablations named above): level with the
+reference on balanced accuracy (900 s: -0.013, paired std 0.063), ahead on macro AUC (+0.006).
 """
 from flaxderm.train import config as config_lib
 

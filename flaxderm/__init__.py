@@ -1,4 +1,14 @@
-"""flaxderm: JAX/Flax dermoscopy lesion segmentation and classification."""
+"""flaxderm: JAX/Flax dermoscopy lesion segmentation and classification.
+
+Layers, each importing only those listed before it:
+
+* ``models`` (architectures, weights, converters), ``losses``, ``metrics``, ``data`` (builders,
+  sources, splits, pipelines): they know nothing of training. ``attribution`` (Grad-CAM and
+  gradient maps) builds on ``models``.
+* ``train``: the engine that composes them.
+* ``tools``: the commands (train an experiment, evaluate, predict, export, explain, report,
+  compare) and ``load_run``; ``cli`` dispatches to them; ``experiments`` are config files.
+"""
 __version__ = "0.1.0"
 
 

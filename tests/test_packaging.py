@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -25,9 +26,15 @@ def test_every_package_folder_is_installed():
 
 @pytest.mark.slow
 def test_wheel_installs_a_command_that_lists_and_runs_the_experiments(tmp_path):
+  source = tmp_path / "source"  # setuptools builds in the source folder: not in the checkout
+  source.mkdir()
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(ROOT / name, source)
+  for name in ("flaxderm", "experiments"):
+    shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
   wheels = tmp_path / "wheels"
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                  "-q", "-w", str(wheels), str(ROOT)], check=True, cwd=tmp_path)
+                  "-q", "-w", str(wheels), str(source)], check=True, cwd=tmp_path)
   (wheel,) = wheels.glob("flaxderm-*.whl")
   # A fresh environment holding the wheel alone; its dependencies are this one's, reached by a
   # path entry (not a site directory, so this checkout's editable install stays out of it).

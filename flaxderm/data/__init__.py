@@ -1,6 +1,8 @@
 """Input data, from the official download folders to batches; knows nothing of models or training.
 
 * ``builders/``: one TFDS builder per dataset (ArrayRecord), reading a local manual directory.
+* ``clinical``: the clinical fields records carry (age, sex, site, ...), their encoding, and
+  the fields never to use as model inputs (``NEVER_INPUTS``).
 * ``sources``: a prepared dataset (or lists of records) as random-access records by split.
 * ``splits``: grouped train/validation splits (hashed, k-fold, all) and process sharding.
 * ``preprocess``, ``augment``: per-image preparation and training augmentation (numpy/OpenCV).

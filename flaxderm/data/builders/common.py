@@ -10,9 +10,15 @@
   prepared copy is only reused for the files it was prepared from.
 * Reading and checking images and masks, and downscaling them (``max_size``).
 * Bad-example accounting: a bad example (missing or undecodable file, mask of the wrong size or
-  not binary, unknown class, ...) stops preparation with a ValueError naming the file and the
-  problem, or with ``skip_bad_examples=True`` is left out, logged, and listed in
-  ``bad_examples.json`` next to the prepared data. Nothing is dropped silently.
+  not binary, unknown class, a clinical value that does not parse, ...) stops preparation with a
+  ValueError naming the file and the problem, or with ``skip_bad_examples=True`` is left out,
+  logged, and listed in ``bad_examples.json`` next to the prepared data. Examples a builder leaves
+  out by design (another class subset, an official duplicate) are counted there under
+  ``left_out``. Nothing is dropped silently.
+* Clinical fields (``flaxderm.data.clinical``): a builder's ``CLINICAL_FIELDS`` become features of
+  every record, missing values stored as missing (NaN, ``""``).
+* Label sets: a dataset with more than one label (ISIC 2020's benign/malignant and diagnosis)
+  has a config option ``label`` choosing the one stored as ``label`` (``LabelSetConfig``).
 
 Images are encoded here (OpenCV) and handed to TFDS as bytes, so preparing a dataset never imports
 TensorFlow (nor lets it touch a GPU).
@@ -38,6 +44,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from flaxderm.data import clinical
 from flaxderm.data import preprocess
 
 log = logging.getLogger(__name__)
@@ -82,6 +89,10 @@ class Config(tfds.core.BuilderConfig):
   def validate(self, builder: str) -> None:
     """ValueError naming ``builder`` and the option when an option value is out of range."""
 
+  def class_names(self) -> tuple[str, ...]:
+    """The label names this config stores (empty: the builder decides)."""
+    return ()
+
 
 @dataclasses.dataclass(eq=False)
 class FileConfig(Config):
@@ -96,6 +107,34 @@ class FileConfig(Config):
     if self.max_size < 0:
       raise ValueError(f"{builder}: max_size must be >= 0 (0 keeps the originals), got "
                        f"{self.max_size}")
+
+
+@dataclasses.dataclass(eq=False)
+class LabelSetConfig(FileConfig):
+  """Options of a dataset with several label sets: ``label`` (a key of ``LABEL_SETS``) is the one
+  stored as the records' ``label``; the others stay in the records as clinical-style text fields
+  (e.g. ``diagnosis``), listed in ``clinical.NEVER_INPUTS``. Each label set has a predefined config
+  (``presets``), so ``builder_kwargs={"label": ...}`` and ``builder_config=...`` name the same one.
+  """
+
+  LABEL_SETS: ClassVar[dict[str, tuple[str, ...]]] = {}
+  label: str = ""
+
+  def class_names(self) -> tuple[str, ...]:
+    return self.LABEL_SETS[self.label]
+
+  def validate(self, builder: str) -> None:
+    super().validate(builder)
+    if self.label not in self.LABEL_SETS:
+      raise ValueError(f"{builder}: label must be one of {sorted(self.LABEL_SETS)}, got "
+                       f"{self.label!r}")
+
+  @classmethod
+  def presets(cls) -> list[LabelSetConfig]:
+    """One config per label set: "default" for the first, the others named after theirs."""
+    return [cls(name=label if i else "default", label=label,
+                description=f"label: {label} ({len(names)} classes)")
+            for i, (label, names) in enumerate(cls.LABEL_SETS.items())]
 
 
 def _name_part(key: str, value: Any) -> str:
@@ -137,6 +176,18 @@ class Source:
   label_file: Path | None = None
   problem: str = ""
   problem_file: Path | None = None
+  clinical: dict[str, float | str] = dataclasses.field(default_factory=dict)
+
+  def read_clinical(self, row: Mapping[str, str], columns: Mapping[str, str], file: Path
+                    ) -> Source:
+    """Sets ``clinical`` from a metadata ``row`` of ``file`` (``columns``: field -> column); a
+    value that does not parse makes this source bad, naming the column."""
+    try:
+      self.clinical = clinical.parse_row(row, columns)
+    except ValueError as e:
+      if not self.problem:
+        self.problem, self.problem_file = f"{self.id}: {e}", file
+    return self
 
 
 def unlisted(files: Mapping[str, Path], listed: Collection[str], metadata: Path) -> list[Source]:
@@ -150,14 +201,16 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   Subclasses read from files by implementing ``_sources`` (or generate arrays by overriding
   ``_split_generators``). Class attributes: ``HAS_MASK``, ``IMAGE_FORMAT`` ("jpeg" for photographs,
-  "png" for lossless sources), ``HOMEPAGE``, ``CITATION``; ``class_names()`` returns the label
-  names (empty: no label).
+  "png" for lossless sources), ``HOMEPAGE``, ``CITATION``, ``CLINICAL_FIELDS`` (names from
+  ``clinical.FIELDS``, filled from each ``Source.clinical``); ``class_names()`` returns the label
+  names (empty: no label; by default the config's).
   """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release."}
   HAS_MASK: ClassVar[bool] = False
   IMAGE_FORMAT: ClassVar[str] = "jpeg"
+  CLINICAL_FIELDS: ClassVar[tuple[str, ...]] = ()
   HOMEPAGE: ClassVar[str] = ""
   CITATION: ClassVar[str] = ""
   MANUAL_DOWNLOAD_INSTRUCTIONS = ""
@@ -168,9 +221,14 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # TFDS's own lookup needs the `importlib_resources` backport for builders inside a package.
     return epath.Path(inspect.getfile(cls))
 
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    clinical.check_fields(cls.CLINICAL_FIELDS, cls.__name__)
+
   def __init__(self, *, skip_bad_examples: bool = False, **kwargs):
     self.skip_bad_examples = skip_bad_examples
     self._bad: list[dict[str, str]] = []
+    self._left_out: dict[str, int] = {}
     self._source: dict[str, Any] = {}
     super().__init__(**kwargs)
 
@@ -206,7 +264,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return config
 
   def class_names(self) -> tuple[str, ...]:
-    return ()
+    return self.builder_config.class_names()
 
   def has_mask(self) -> bool:
     return self.HAS_MASK
@@ -270,6 +328,10 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       features["mask"] = tfds.features.Image(shape=(None, None, 1), encoding_format="png")
     if self.class_names():
       features["label"] = tfds.features.ClassLabel(names=self.class_names())
+    for name in self.CLINICAL_FIELDS:
+      features[name] = (tfds.features.Scalar(np.float32, doc=clinical.FIELDS[name].meaning)
+                        if clinical.FIELDS[name].kind == clinical.NUMBER else
+                        tfds.features.Text(doc=clinical.FIELDS[name].meaning))
     return tfds.core.DatasetInfo(
         builder=self, description=(type(self).__doc__ or "").strip(),
         features=tfds.features.FeaturesDict(features), homepage=self.HOMEPAGE or None,
@@ -278,11 +340,11 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # --- Bad-example accounting.
 
   def _download_and_prepare(self, dl_manager, download_config):
-    self._bad = []
+    self._bad, self._left_out = [], {}
     super()._download_and_prepare(dl_manager, download_config)
     # Written into the temporary data directory, so the report appears with the data or not at all.
     report = {"dataset": self.info.full_name, "skip_bad_examples": self.skip_bad_examples,
-              "num_skipped": len(self._bad), "skipped": self._bad}
+              "num_skipped": len(self._bad), "skipped": self._bad, "left_out": self._left_out}
     data_path = Path(os.fspath(self.data_path))
     (data_path / REPORT_NAME).write_text(json.dumps(report, indent=1))
     if self._source:
@@ -298,6 +360,12 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                        "skip_bad_examples=True to skip bad examples and list them in "
                        f"{REPORT_NAME}.")
     self._bad.append({"split": split, "id": example_id, "file": bad.file, "problem": bad.problem})
+
+  def _leave_out(self, reason: str, count: int) -> None:
+    """Counts (log and report) ``count`` examples left out by design, for ``reason``."""
+    if count:
+      log.info("%s: left out %d images: %s", self.name, count, reason)
+      self._left_out[reason] = self._left_out.get(reason, 0) + count
 
   # --- Reading the official files.
 
@@ -353,6 +421,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         image, original, stored = read_image(s.image, max_size=max_size,
                                              encoding=self.IMAGE_FORMAT)
         example = {"image": image, "id": s.id, "group": s.group or s.id}
+        example.update({name: s.clinical.get(name, clinical.missing(clinical.FIELDS[name].kind))
+                        for name in self.CLINICAL_FIELDS})
         if self.has_mask():
           example["mask"] = encode_png(read_mask(s.mask, image_size=original, size=stored))
       except BadExample as bad:
@@ -426,6 +496,19 @@ def read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     if missing:
       raise ValueError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
     return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
+
+
+def one_hot_label(row: Mapping[str, str], columns: Sequence[str], image: str
+                  ) -> tuple[str | None, str]:
+  """(the one column of ``columns`` marked 1.0 in a one-hot ground-truth ``row``, "") or (None,
+  the problem with the row of ``image``)."""
+  try:
+    marked = [c for c in columns if float(row[c]) >= 0.5]
+  except ValueError:
+    return None, f"row of {image} marks no valid classes (a value in {list(columns)} is no number)"
+  if len(marked) != 1:
+    return None, f"row of {image} marks {len(marked)} classes (expected exactly one 1.0)"
+  return marked[0], ""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,17 +21,18 @@ Configs:
   by design (counted in the log, not reported as bad).
 
 Option ``masks=True`` adds each image's lesion mask (every kept image must then have one).
+
+Clinical fields (``flaxderm.data.clinical``): ``age``, ``sex``, ``site`` (``localization``), and
+for audits only ``dx_type`` and ``dataset`` (in ``clinical.NEVER_INPUTS``; ``dataset`` is empty
+when the CSV has no such column, as in the first Dataverse release).
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import tensorflow_datasets as tfds
 
 from flaxderm.data.builders import common
-
-log = logging.getLogger(__name__)
 
 # akiec: actinic keratoses / intraepithelial carcinoma, bcc: basal cell carcinoma, bkl: benign
 # keratosis-like, df: dermatofibroma, mel: melanoma, nv: melanocytic nevi, vasc: vascular lesions.
@@ -41,6 +42,9 @@ PAPER001_CLASSES = ("bkl", "mel", "nv")
 METADATA = "HAM10000_metadata.csv"
 IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images")
 MASK_FOLDER = "HAM10000_segmentations_lesion_tschandl"
+# Clinical field -> column of the HAM10000 CSVs (HAM10000_metadata.csv, ISIC 2018 Task 3's).
+CLINICAL_COLUMNS = {"age": "age", "sex": "sex", "site": "localization", "dx_type": "dx_type",
+                    "dataset": "dataset"}
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,6 +69,10 @@ class Ham10000(common.Builder, skip_registration=True):
       HamConfig(name="paper001", classes="paper001",
                 description="paper 001's 3 classes: bkl (seborrheic keratosis), mel, nv"),
   ]
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Clinical fields age, sex, site, dx_type, dataset."}
+  CLINICAL_FIELDS = tuple(CLINICAL_COLUMNS)
   HOMEPAGE = "https://doi.org/10.7910/DVN/DBW86T"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f"Download HAM10000 from {HOMEPAGE} and extract it in manual_dir, giving {METADATA}, "
@@ -105,9 +113,8 @@ class Ham10000(common.Builder, skip_registration=True):
       sources.append(common.Source(
           id=image_id, group=row["lesion_id"], label=row["dx"], label_file=found[METADATA],
           image=images.get(image_id, folders[0] / f"{image_id}.jpg"),
-          mask=masks / f"{image_id}_segmentation.png" if masks else None))
-    if left_out:
-      log.info("%s: left out %d images of diagnoses outside %s", self.name, left_out,
-               self.class_names())
+          mask=masks / f"{image_id}_segmentation.png" if masks else None,
+      ).read_clinical(row, CLINICAL_COLUMNS, found[METADATA]))
+    self._leave_out(f"diagnoses outside {self.class_names()}", left_out)
     listed = {row["image_id"] for row in rows}
     return {"train": sources + common.unlisted(images, listed, found[METADATA])}

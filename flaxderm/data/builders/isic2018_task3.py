@@ -11,6 +11,10 @@ format:
 ``group`` is the ``lesion_id``: from a HAM-style CSV, or for training images from the official
 ``ISIC2018_Task3_Training_LesionGroupings.csv`` when present; otherwise the image id. Splits are
 built for the parts found; with none there, all are downloaded from the ISIC archive.
+
+Clinical fields as ``ham10000``'s (``age``, ``sex``, ``site``; audit-only ``dx_type``, ``dataset``),
+read from a HAM-style CSV; the one-hot CSVs carry none, so they are missing there, except
+``dx_type`` of training images, read from the groupings' ``diagnosis_confirm_type``.
 """
 from __future__ import annotations
 
@@ -41,23 +45,16 @@ def read_ground_truth(path: Path) -> list[common.Source]:
     columns = set(next(csv.reader(f), []))
   if {"image_id", "dx"} <= columns:
     return [common.Source(id=r["image_id"], image=Path(), label=r["dx"], label_file=path,
-                          group=r.get("lesion_id", ""))
+                          group=r.get("lesion_id", "")
+                          ).read_clinical(r, ham10000.CLINICAL_COLUMNS, path)
             for r in common.read_csv(path, ("image_id", "dx"))]
   one_hot = [c.upper() for c in ham10000.DX_CLASSES]
   sources = []
   for r in common.read_csv(path, ("image", *one_hot)):
-    source = common.Source(id=r["image"], image=Path(), label_file=path)
-    try:
-      marked = [c.lower() for c in one_hot if float(r[c]) >= 0.5]
-    except ValueError:
-      marked = None
-    if marked is None or len(marked) != 1:
-      source.problem, source.problem_file = (
-          f"row of {r['image']} marks {'no valid' if marked is None else len(marked)} classes "
-          "(expected exactly one 1.0)", path)
-    else:
-      source.label = marked[0]
-    sources.append(source)
+    label, problem = common.one_hot_label(r, one_hot, r["image"])
+    sources.append(common.Source(id=r["image"], image=Path(), label=label and label.lower(),
+                                 label_file=path, problem=problem,
+                                 problem_file=path if problem else None))
   return sources
 
 
@@ -65,6 +62,9 @@ class Isic2018Task3(common.Builder, skip_registration=True):
   """ISIC 2018 Task 3 dermoscopic images with one of 7 diagnoses."""
 
   BUILDER_CONFIGS = [common.FileConfig(name="default", description="longest side <= 1024")]
+  VERSION = ham10000.Ham10000.VERSION
+  RELEASE_NOTES = ham10000.Ham10000.RELEASE_NOTES
+  CLINICAL_FIELDS = ham10000.Ham10000.CLINICAL_FIELDS
   HOMEPAGE = "https://challenge.isic-archive.com/data/#2018"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f"Download the Task 3 zips from {HOMEPAGE} ({_URL}<name>.zip) and extract them in "
@@ -85,10 +85,9 @@ class Isic2018Task3(common.Builder, skip_registration=True):
 
   def _sources(self, dl_manager: tfds.download.DownloadManager) -> dict[str, list[common.Source]]:
     found = self._locate(dl_manager)
-    groups = {}
+    groupings = {}
     if found[GROUPINGS]:
-      groups = {r["image"]: r["lesion_id"]
-                for r in common.read_csv(found[GROUPINGS], ("image", "lesion_id"))}
+      groupings = {r["image"]: r for r in common.read_csv(found[GROUPINGS], ("image", "lesion_id"))}
     splits = {}
     for split, part in _PARTS.items():
       inputs, truth = found[_inputs(part)], found[_ground_truth(part)]
@@ -102,7 +101,10 @@ class Isic2018Task3(common.Builder, skip_registration=True):
       sources = read_ground_truth(truth)
       for s in sources:
         s.image = inputs / f"{s.id}.jpg"
-        s.group = s.group or groups.get(s.id, "")
+        grouping = groupings.get(s.id, {})
+        s.group = s.group or grouping.get("lesion_id", "")
+        if grouping and not s.clinical:  # one-hot ground truth: dx_type from the groupings
+          s.read_clinical(grouping, {"dx_type": "diagnosis_confirm_type"}, found[GROUPINGS])
       files = {f.stem: f for f in inputs.glob("ISIC_*.jpg")}
       splits[split] = sources + common.unlisted(files, {s.id for s in sources}, truth)
     return splits

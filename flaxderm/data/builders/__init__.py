@@ -1,9 +1,12 @@
 """TFDS builders of flaxderm's datasets, prepared in ArrayRecord format.
 
 ``prepare(name, ...)`` builds a dataset once into ``data_dir`` and returns its builder; read it
-with ``builder.as_data_source(split)``. Records: ``image`` (uint8 HxWx3), ``id``, ``group`` (lesion
-key for grouped splits), ``mask`` (uint8 HxWx1, 0/1) for segmentation datasets, ``label``
-(ClassLabel) for datasets with a diagnosis. Splits are the official ones.
+with ``builder.as_data_source(split)``. Records: ``image`` (uint8 HxWx3), ``id``, ``group`` (the
+key grouped splits keep whole: the lesion, or the patient for pad_ufes20 and isic2020), ``mask``
+(uint8 HxWx1, 0/1) for segmentation datasets, ``label`` (ClassLabel) for datasets with a
+diagnosis, and the dataset's clinical fields (``age``, ``sex``, ``site``, ``fitzpatrick``, ...;
+their encoding and the fields never to use as inputs are in ``flaxderm.data.clinical``). Splits
+are the official ones.
 
 Builder kwargs are config options (e.g. ``max_size``, ``image_size``, ``masks``); a preparation
 with non-default options lives under its own config name, e.g. ``ph2/default-max_size-256``.
@@ -21,10 +24,15 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from flaxderm.data.builders import common
+from flaxderm.data.builders.ddi import Ddi
 from flaxderm.data.builders.dermamnist import Dermamnist
+from flaxderm.data.builders.fitzpatrick17k import Fitzpatrick17k
 from flaxderm.data.builders.ham10000 import Ham10000
 from flaxderm.data.builders.isic2018_task3 import Isic2018Task3
+from flaxderm.data.builders.isic2019 import Isic2019
+from flaxderm.data.builders.isic2020 import Isic2020
 from flaxderm.data.builders.isic_task1 import Isic2016Task1, Isic2017Task1, Isic2018Task1
+from flaxderm.data.builders.pad_ufes20 import PadUfes20
 from flaxderm.data.builders.ph2 import Ph2
 from flaxderm.data.builders.synthetic import SyntheticLesions
 
@@ -32,7 +40,8 @@ log = logging.getLogger(__name__)
 
 BUILDERS: dict[str, type[common.Builder]] = {
     cls.name: cls for cls in (SyntheticLesions, Isic2018Task1, Isic2017Task1, Isic2016Task1,
-                              Ph2, Ham10000, Isic2018Task3, Dermamnist)}
+                              Ph2, Ham10000, Isic2018Task3, Dermamnist, Isic2019, Isic2020,
+                              PadUfes20, Fitzpatrick17k, Ddi)}
 
 
 def default_data_dir() -> Path:

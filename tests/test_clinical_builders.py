@@ -1,6 +1,6 @@
 """Builders with clinical metadata (issue 30): the clinical fields' encoding, the builders of
 PAD-UFES-20, ISIC 2019, ISIC 2020, Fitzpatrick 17k and DDI from tiny fakes in their official
-layouts, and patient-grouped k-fold splits."""
+layouts, patient-grouped k-fold splits, and the real PAD-UFES-20 and ISIC 2017 folders."""
 from __future__ import annotations
 
 import math
@@ -379,3 +379,49 @@ def test_ddi(tmp_path):
   assert [(text(r["id"]), names[r["label"]], *fields(r, ("fitzpatrick", "diagnosis")).values())
           for r in rows] == [("000001", "malignant", "5-6", "melanoma-in-situ"),
                              ("000002", "benign", "1-2", "verruca-vulgaris")]
+
+
+# ----------------------------------------------------------------------------------------------
+# The real folders in ../shared/data.
+
+
+@pytest.mark.real_data
+def test_real_pad_ufes20(tmp_path, shared_data):
+  folder = shared_data / "PAD-UFES-20"
+  builder = prepare("pad_ufes20", tmp_path, folder, builder_kwargs={"max_size": 64})
+  rows = records(builder, "train")
+  assert len(rows) == len(list((folder / "images").glob("PAT_*.png"))) == 522
+  groups = [text(r["group"]) for r in rows]
+  labels = [int(r["label"]) for r in rows]
+  assert len(set(groups)) == 411
+  assert np.bincount(labels).tolist() == [95, 156, 27, 134, 17, 93]  # ACK BCC MEL NEV SCC SEK
+  assert max(rows[0]["image"].shape[:2]) == 64
+  assert sum(math.isnan(r["diameter_1"]) for r in rows) == 193  # the unanswered questionnaires
+  assert {text(r["sex"]) for r in rows} == {"", "male", "female"}
+  for fold in range(5):  # the issue's 5-fold patient-grouped cross-validation
+    train, validation = splits.kfold_split(groups, labels, num_folds=5, fold=fold)
+    assert not {groups[i] for i in train} & {groups[i] for i in validation}
+    assert len(train) + len(validation) == 522
+
+
+@pytest.mark.real_data
+def test_real_isic2017_validation_pairs(tmp_path, shared_data):
+  builder = prepare("isic2017_task1", tmp_path, shared_data / "ISIC2017",
+                    builder_kwargs={"max_size": 64})
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"validation": 31}
+  for r in records(builder, "validation"):
+    assert max(r["image"].shape[:2]) == 64 and r["mask"].shape[:2] == r["image"].shape[:2]
+    assert set(np.unique(r["mask"])) == {0, 1}
+  assert report(builder)["num_skipped"] == 0
+
+
+@pytest.mark.real_data
+def test_real_isic2018_task3_clinical_fields(tmp_path, shared_data):
+  builder = prepare("isic2018_task3", tmp_path, shared_data / "ISIC2018_Task3_Test",
+                    builder_kwargs={"max_size": 32})
+  rows = records(builder, "test")
+  assert len(rows) == 1058 and len({text(r["group"]) for r in rows}) == 901
+  # The CSV leaves 207 ages empty and writes "unknown" for 215 sexes and 244 sites.
+  assert sum(math.isnan(r["age"]) for r in rows) == 207
+  assert [sum(text(r[n]) == "" for r in rows) for n in ("sex", "site")] == [215, 244]
+  assert {text(r["dx_type"]) for r in rows} == {"histo", "consensus", "confocal", "follow_up"}

@@ -9,9 +9,10 @@ per-image mean over the whole set. Padding examples (``valid == 0``) contribute 
 
 Host side: ``summarize_segmentation`` / ``summarize_classification`` turn stats into
 ``dict[str, float]`` whose keys name the reduction ("dice/per_image", "jaccard/micro", ...);
-``roc_auc``, ``hausdorff_distance``, ``calibration``, ``reliability_bins`` and
-``format_confusion_matrix`` work on numpy arrays outside jit (they need sorting, binning or
-distance transforms over the whole set).
+``roc_auc``, ``partial_auc_above_tpr`` (ISIC 2024's pAUC), ``sensitivity_at_specificity``,
+``hausdorff_distance``, ``calibration``, ``reliability_bins`` and ``format_confusion_matrix`` work
+on numpy arrays outside jit (they need sorting, binning or distance transforms over the whole
+set).
 
 Counts are int32: one set may hold up to 2^31 pixels per class (about 8000 images of 512x512).
 ``merge`` promotes numpy (host) inputs to int64/float64, so accumulate on the host
@@ -327,6 +328,80 @@ def _binary_auc(scores: np.ndarray, positives: np.ndarray) -> float:
   return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _scored(scores, labels, valid) -> tuple[np.ndarray, np.ndarray]:
+  """(scores, labels) as float64 / numpy without the padding (``valid == 0``); ``(N, 1)`` and
+  ``(N, 2)`` scores become the positive class's ``(N,)``."""
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
+  if valid is not None:
+    keep = np.asarray(valid) > 0
+    scores, labels = scores[keep], labels[keep]
+  if scores.ndim == 2 and scores.shape[1] <= 2:
+    scores = scores[:, -1]
+  return scores, labels
+
+
+def _binary_roc(fn: str, scores, labels, valid) -> tuple[np.ndarray, np.ndarray] | None:
+  """(FPR, TPR) at every distinct threshold, from (0, 0) up, of binary scores (label 1 is
+  positive); None when the set lacks positives or negatives."""
+  scores, labels = _scored(scores, labels, valid)
+  if scores.ndim != 1 or scores.shape != labels.shape:
+    raise ValueError(f"{fn}: expected binary scores (N,), (N, 1) or (N, 2) and labels (N,), got "
+                     f"{scores.shape} and {labels.shape}")
+  positives = labels == 1
+  n_pos = int(positives.sum())
+  if n_pos in (0, len(positives)):
+    return None
+  order = np.argsort(-scores, kind="stable")
+  ends = np.r_[np.flatnonzero(np.diff(scores[order])), len(order) - 1]  # last of each tie
+  true_pos = np.cumsum(positives[order])[ends]
+  false_pos = ends + 1 - true_pos
+  return (np.r_[0, false_pos] / (len(positives) - n_pos), np.r_[0, true_pos] / n_pos)
+
+
+def partial_auc_above_tpr(scores: np.ndarray, labels: np.ndarray, *, min_tpr: float = 0.8,
+                          valid: np.ndarray | None = None) -> float:
+  """ISIC 2024's pAUC: the area between the ROC curve and the line TPR = ``min_tpr``.
+
+  Only operating points with a sensitivity of at least ``min_tpr`` count, so the score is in
+  [0, 1 - min_tpr] (0.2 for a perfect ranking at the default 80%). The crossing of the line is
+  interpolated linearly on the ROC curve, as the ISIC 2024 scorer does. (isic-challenge-scoring's
+  ``auc_above_sensitivity`` is the area under the same part of the curve down to TPR 0, which adds
+  the rectangle below the line.) Scores and labels as ``roc_auc``'s binary case; NaN without
+  both positives and negatives.
+  """
+  if not 0 <= min_tpr < 1:
+    raise ValueError(f"partial_auc_above_tpr: min_tpr must be in [0, 1), got {min_tpr}")
+  roc = _binary_roc("partial_auc_above_tpr", scores, labels, valid)
+  if roc is None:
+    return float("nan")
+  fpr, tpr = roc
+  i = int(np.searchsorted(tpr, min_tpr, side="left"))  # the first point at or above the line
+  start = fpr[i]
+  if i > 0 and tpr[i] > min_tpr:
+    start = np.interp(min_tpr, tpr[i - 1:i + 1], fpr[i - 1:i + 1])
+  x, y = np.r_[start, fpr[i:]], np.r_[0.0, tpr[i:] - min_tpr]
+  return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))  # trapezoids
+
+
+def sensitivity_at_specificity(scores: np.ndarray, labels: np.ndarray, *, specificity: float,
+                               valid: np.ndarray | None = None) -> float:
+  """The highest sensitivity of a threshold whose specificity is at least ``specificity``.
+
+  Only thresholds the scores allow count (no interpolation between ROC points), so the
+  sensitivity is one a deployed threshold reaches. Scores and labels as ``roc_auc``'s binary
+  case; NaN without both positives and negatives.
+  """
+  if not 0 <= specificity <= 1:
+    raise ValueError(f"sensitivity_at_specificity: specificity must be in [0, 1], got "
+                     f"{specificity}")
+  roc = _binary_roc("sensitivity_at_specificity", scores, labels, valid)
+  if roc is None:
+    return float("nan")
+  fpr, tpr = roc
+  # 1e-12 absorbs the rounding of fractions like 9/10 >= 0.9.
+  return float(tpr[1 - fpr >= specificity - 1e-12].max())
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray, *, valid: np.ndarray | None = None,
             class_names: Sequence[str] | None = None) -> dict[str, float]:
   """ROC AUC on the host: binary, or one-vs-rest per class with the macro mean.
@@ -339,12 +414,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray, *, valid: np.ndarray | None 
   mean is over the classes with both positive and negative examples (scikit-learn raises instead;
   ISIC 2018 Task 3 reports this mean), a class without both is NaN.
   """
-  scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
-  if valid is not None:
-    keep = np.asarray(valid) > 0
-    scores, labels = scores[keep], labels[keep]
-  if scores.ndim == 2 and scores.shape[1] <= 2:
-    scores = scores[:, -1]
+  scores, labels = _scored(scores, labels, valid)
   if scores.ndim == 1:
     return {"auc/binary": _binary_auc(scores, labels == 1)}
   k = scores.shape[1]

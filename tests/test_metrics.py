@@ -1,9 +1,10 @@
 """Metrics: golden values, summability (batches, devices, padding), and oracles.
 
-Oracles: scikit-learn (classification metrics, confusion matrix, ROC AUC; F1/Jaccard/recall on
-flattened and per-image masks), scipy's directed_hausdorff, the ISIC challenge scorer
-(``isic-challenge-scoring``) and MONAI's DiceMetric / Hausdorff distance (torch-marked); each skips
-when its package is absent. Oracle checks print "ORACLE <name> max|diff| <value>" (``pytest -s``).
+Oracles: scikit-learn (classification metrics, confusion matrix, ROC AUC, ROC curves; F1/Jaccard/
+recall on flattened and per-image masks), the ISIC 2024 scorer's pAUC (written out here), scipy's
+directed_hausdorff, the ISIC challenge scorer (``isic-challenge-scoring``) and MONAI's DiceMetric /
+Hausdorff distance (torch-marked); each skips when its package is absent. Oracle checks print
+"ORACLE <name> max|diff| <value>" (``pytest -s``).
 """
 from __future__ import annotations
 
@@ -295,6 +296,81 @@ def test_roc_auc_matches_sklearn():
   _close("auc/binary with ties vs sklearn", metrics.roc_auc(scores, y, valid=valid)["auc/binary"],
          skm.roc_auc_score(y[:250], scores[:250]))
   assert np.isnan(metrics.roc_auc(scores, np.zeros_like(y))["auc/binary"])
+
+
+def _isic2024_pauc(labels: np.ndarray, scores: np.ndarray, min_tpr: float) -> float:
+  """The ISIC 2024 (Kaggle) scorer's pAUC: labels and scores flipped, so the band above TPR
+  min_tpr becomes the band below FPR 1 - min_tpr, whose area scikit-learn integrates."""
+  max_fpr = 1 - min_tpr
+  fpr, tpr, _ = skm.roc_curve(1 - labels, -scores)
+  stop = np.searchsorted(fpr, max_fpr, "right")
+  tpr = np.append(tpr[:stop], np.interp(max_fpr, fpr[stop - 1:stop + 1], tpr[stop - 1:stop + 1]))
+  fpr = np.append(fpr[:stop], max_fpr)
+  return skm.auc(fpr, tpr)
+
+
+def _binary_cases():
+  """(name, labels, scores): continuous scores, heavy ties, a perfect and a reversed ranking."""
+  rng = np.random.default_rng(11)
+  labels = (rng.random(400) < 0.2).astype(int)
+  scores = rng.normal(labels * 1.2, 1.0)
+  return [("continuous", labels, scores), ("ties", labels, np.round(scores)),
+          ("perfect", labels, labels + rng.random(400) * 0.5),
+          ("reversed", labels, -scores)]
+
+
+@pytest.mark.parametrize("min_tpr", [0.8, 0.5, 0.95])
+def test_partial_auc_above_tpr_matches_isic2024_and_isic_scorer(min_tpr):
+  pd = pytest.importorskip("pandas")
+  isic_metrics = pytest.importorskip("isic_challenge_scoring.metrics")
+  for name, labels, scores in _binary_cases():
+    got = metrics.partial_auc_above_tpr(scores, labels, min_tpr=min_tpr)
+    _close(f"pAUC above TPR {min_tpr} ({name}) vs the ISIC 2024 scorer", got,
+           _isic2024_pauc(labels, scores, min_tpr), atol=1e-12)
+    # isic-challenge-scoring integrates the same part of the curve down to TPR 0: the rectangle
+    # from its left end (FPR where the curve crosses min_tpr, from scikit-learn's curve) is extra.
+    fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    i = np.searchsorted(tpr, min_tpr, side="left")
+    crossing = np.interp(min_tpr, tpr[i - 1:i + 1], fpr[i - 1:i + 1])
+    theirs = isic_metrics.auc_above_sensitivity(pd.Series(labels.astype(float)),
+                                                pd.Series(scores), pd.Series(np.ones(len(labels))),
+                                                min_tpr)
+    _close(f"pAUC above TPR {min_tpr} ({name}) vs isic-challenge-scoring auc_above_sensitivity",
+           got, theirs - min_tpr * (1 - crossing), atol=1e-12)
+  perfect = _binary_cases()[2]
+  assert metrics.partial_auc_above_tpr(perfect[2], perfect[1], min_tpr=min_tpr) == pytest.approx(
+      1 - min_tpr)
+
+
+def test_partial_auc_inputs():
+  labels = np.array([0, 1, 0, 1, 1, 0])
+  scores = np.array([0.1, 0.9, 0.4, 0.35, 0.8, 0.2])
+  two_columns = np.stack([1 - scores, scores], axis=1)
+  padded = metrics.partial_auc_above_tpr(np.r_[scores, 0.99], np.r_[labels, 0],
+                                         valid=np.r_[np.ones(6), 0])
+  assert metrics.partial_auc_above_tpr(two_columns, labels) == padded == pytest.approx(
+      _isic2024_pauc(labels, scores, 0.8))
+  assert metrics.partial_auc_above_tpr(scores, labels, min_tpr=0) == pytest.approx(
+      skm.roc_auc_score(labels, scores))
+  assert np.isnan(metrics.partial_auc_above_tpr(scores, np.ones(6)))
+  with pytest.raises(ValueError, match=r"min_tpr must be in \[0, 1\), got 1.0"):
+    metrics.partial_auc_above_tpr(scores, labels, min_tpr=1.0)
+  with pytest.raises(ValueError, match=r"expected binary scores"):
+    metrics.partial_auc_above_tpr(np.ones((6, 3)), labels)
+
+
+@pytest.mark.parametrize("specificity", [0.0, 0.5, 0.8, 0.9, 0.95, 1.0])
+def test_sensitivity_at_specificity_matches_sklearn_roc_curve(specificity):
+  for name, labels, scores in _binary_cases():
+    fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    want = tpr[1 - fpr >= specificity - 1e-12].max()
+    _close(f"sensitivity at specificity {specificity} ({name}) vs sklearn roc_curve",
+           metrics.sensitivity_at_specificity(scores, labels, specificity=specificity), want,
+           atol=0)
+  # Threshold 0.5 passes 4 of 5 negatives: specificity 1/5 exactly, though 1 - 4/5 < 0.2 in floats.
+  labels, scores = np.r_[np.zeros(5), np.ones(2)], np.r_[np.arange(5), 0.5, 9]
+  assert metrics.sensitivity_at_specificity(scores, labels, specificity=0.2) == 1.0
+  assert metrics.sensitivity_at_specificity(scores, labels, specificity=0.21) == 0.5
 
 
 def test_hausdorff_matches_scipy():

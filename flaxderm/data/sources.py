@@ -1,5 +1,6 @@
 """Where records come from: a ``DataSource`` is random-access records split by name, in the
-builders' feature layout (``image``, ``id``, ``group``, ``mask``, ``label``).
+builders' feature layout (``image``, ``id``, ``group``, ``mask``, ``label``, and the clinical
+fields of ``flaxderm.data.clinical``).
 
 ``TfdsSource`` reads a dataset prepared by ``flaxderm.data.builders`` (images as encoded bytes,
 decoded by the pipeline); ``InMemorySource`` holds lists of feature dicts (tests, notebooks).

@@ -112,13 +112,14 @@ class FileConfig(Config):
 @dataclasses.dataclass(eq=False)
 class LabelSetConfig(FileConfig):
   """Options of a dataset with several label sets: ``label`` (a key of ``LABEL_SETS``) is the one
-  stored as the records' ``label``; the others stay in the records as clinical-style text fields
-  (e.g. ``diagnosis``), listed in ``clinical.NEVER_INPUTS``. Each label set has a predefined config
-  (``presets``), so ``builder_kwargs={"label": ...}`` and ``builder_config=...`` name the same one.
+  stored as the records' ``label``. Each label set has a predefined config (``presets``), so
+  ``builder_kwargs={"label": ...}`` and ``builder_config=...`` name the same one. A builder may keep
+  the other labels in every record as audit fields (isic2020's ``malignant`` and ``diagnosis``),
+  which ``clinical.NEVER_INPUTS`` lists.
   """
 
   LABEL_SETS: ClassVar[dict[str, tuple[str, ...]]] = {}
-  label: str = ""
+  label: str = ""  # set by presets()
 
   def class_names(self) -> tuple[str, ...]:
     return self.LABEL_SETS[self.label]

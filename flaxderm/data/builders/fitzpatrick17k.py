@@ -36,7 +36,6 @@ _MD5 = re.compile(r"[0-9a-f]{32}")
 @dataclasses.dataclass(eq=False)
 class Fitzpatrick17kConfig(common.LabelSetConfig):
   LABEL_SETS: ClassVar[dict[str, tuple[str, ...]]] = {"three": THREE, "nine": NINE}
-  label: str = "three"
 
 
 class Fitzpatrick17k(common.Builder, skip_registration=True):

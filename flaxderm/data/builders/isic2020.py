@@ -53,7 +53,6 @@ _URL = "https://isic-challenge-data.s3.amazonaws.com/2020/"
 @dataclasses.dataclass(eq=False)
 class Isic2020Config(common.LabelSetConfig):
   LABEL_SETS: ClassVar[dict[str, tuple[str, ...]]] = {"malignant": BINARY, "diagnosis": DIAGNOSES}
-  label: str = "malignant"
 
 
 class Isic2020(common.Builder, skip_registration=True):

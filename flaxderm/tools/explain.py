@@ -32,6 +32,7 @@ import numpy as np
 from flaxderm import attribution
 from flaxderm.attribution import CAM_METHODS, DEFAULT_STEPS, METHODS, Layer
 from flaxderm.data import pipeline
+from flaxderm.data import preprocess
 from flaxderm.tools import predict as predict_lib
 from flaxderm.tools import run as run_lib
 from flaxderm.train import step as step_lib
@@ -145,7 +146,7 @@ def explain_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
   written = []
   for path, destination in zip(paths, planned):
     try:
-      image = predict_lib.read_image(path)
+      image = preprocess.read_image(path)
     except Exception as e:  # pylint: disable=broad-except  (PIL raises many types)
       raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
     (heat,), classes = explainer.explain([image], target)

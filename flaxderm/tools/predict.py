@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import io
 import logging
 import sys
 import time
@@ -37,7 +36,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 import tqdm
 
@@ -78,15 +76,6 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
                        "outputs are named by id")
     stems[p.stem] = p
   return unique
-
-
-def read_image(path: Path) -> np.ndarray:
-  """uint8 RGB pixels of an image file, decoded and checked as the dataset builders do."""
-  data = path.read_bytes()
-  with Image.open(io.BytesIO(data)) as im:
-    im.load()  # decodes everything: a truncated file fails here
-    preprocess.check_jpeg(data, im.format, im.mode)
-    return np.asarray(im.convert("RGB"))
 
 
 def postprocess(mask: np.ndarray, *, largest_component: bool, fill_holes: bool) -> np.ndarray:
@@ -170,7 +159,7 @@ def predict_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
     images, ids = [], []
     for path in chunk:
       try:
-        images.append(read_image(path))
+        images.append(preprocess.read_image(path))
         ids.append(path.stem)
       except Exception as e:  # pylint: disable=broad-except  (PIL raises many types)
         problem = f"cannot read image ({type(e).__name__}: {e})"

@@ -232,6 +232,14 @@ def split_groups(cfg: Mapping[str, Any], name: str) -> list[str]:
   return [groups[i] for i in indices]
 
 
+def split_ids(cfg: Mapping[str, Any], name: str) -> list[str]:
+  """The case id of every record of split ``name`` (e.g. the cases a run trained on)."""
+  source = open_source(cfg)
+  base, indices = resolve_split(source, cfg, name)
+  records = source.split(base)
+  return [record_text(records[int(i)]["id"]) for i in indices]
+
+
 # ----------------------------------------------------------------------------------------------
 # Deterministic part: decode, preprocess, resize (cacheable).
 

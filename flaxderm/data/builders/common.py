@@ -147,7 +147,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the flaxderm builders (ArrayRecord output, records in the official order).
 
   Subclasses read from files by implementing ``_sources`` (or generate arrays by overriding
-  ``_split_generators``). Class attributes: ``HAS_MASK``, ``IMAGE_FORMAT`` ("jpeg" for photographs,
+  ``_split_generators``, and set ``GENERATED``). Class attributes: ``HAS_MASK``, ``IMAGE_FORMAT`` ("jpeg" for photographs,
   "png" for lossless sources), ``HOMEPAGE``, ``CITATION``; ``class_names()`` returns the label
   names (empty: no label).
   """
@@ -155,6 +155,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release."}
   HAS_MASK: ClassVar[bool] = False
+  GENERATED: ClassVar[bool] = False  # makes its examples itself: reads no manual directory
   IMAGE_FORMAT: ClassVar[str] = "jpeg"
   HOMEPAGE: ClassVar[str] = ""
   CITATION: ClassVar[str] = ""

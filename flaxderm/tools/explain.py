@@ -10,8 +10,9 @@ where the model saw none of the image (cropped away).
 
 The target and the methods are ``flaxderm.attribution``'s: for a classifier the logit of
 ``--target`` (a class name in any case, e.g. ``MEL`` as ``predict`` writes it, or an index;
-default: the predicted class), for a segmentation model the lesion it predicts. ``--layer`` names the module whose output Grad-CAM uses (an unknown name lists
-the valid ones; default: see ``attribution.default_layer``).
+default: the predicted class), for a segmentation model the lesion it predicts. ``--layer`` names
+the module whose output Grad-CAM uses (an unknown name lists the valid ones; default: see
+``attribution.default_layer``).
 
 Explanations use one view (no test-time augmentation). A cross-validation run explains each fold
 and averages their scaled maps (scaled again), as pytorch-grad-cam aggregates several layers; the

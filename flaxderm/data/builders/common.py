@@ -147,9 +147,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the flaxderm builders (ArrayRecord output, records in the official order).
 
   Subclasses read from files by implementing ``_sources`` (or generate arrays by overriding
-  ``_split_generators``, and set ``GENERATED``). Class attributes: ``HAS_MASK``, ``IMAGE_FORMAT`` ("jpeg" for photographs,
-  "png" for lossless sources), ``HOMEPAGE``, ``CITATION``; ``class_names()`` returns the label
-  names (empty: no label).
+  ``_split_generators``, and set ``GENERATED``). Class attributes: ``HAS_MASK``,
+  ``IMAGE_FORMAT`` ("jpeg" for photographs, "png" for lossless sources), ``HOMEPAGE``,
+  ``CITATION``; ``class_names()`` returns the label names (empty: no label).
   """
 
   VERSION = tfds.core.Version("1.0.0")
@@ -457,7 +457,8 @@ def read_image(path: Path, *, max_size: int, encoding: str
   """(encoded RGB image, original (w, h), stored (w, h)); BadExample when it cannot be decoded.
 
   The image is stored upright, as viewers and ``launch.py predict`` show it (its EXIF orientation
-  applied, ``preprocess.rgb_pixels``), so its mask is drawn on what the sizes describe. A JPEG that needs no resizing is stored as it is (no second lossy encoding); large JPEGs are
+  applied, ``preprocess.rgb_pixels``), so its mask is drawn on what the sizes describe. A JPEG
+  that needs no resizing is stored as it is (no second lossy encoding); large JPEGs are
   decoded at a reduced scale directly (PIL draft mode), which is what keeps downscaling fast.
   JPEGs are also decoded strictly (``preprocess.check_jpeg``), so damaged data is reported.
   """

@@ -6,8 +6,8 @@ the command's module in ``flaxderm.tools``::
     flaxderm --list                         # the experiments, one line each
     flaxderm evaluate|predict|export|explain|report|compare ... (flaxderm TOOL --help)
 
-Exit codes: 0 done, 1 an error the message explains (bad input, a refused request), 2 a bad
-command line, 130 interrupted.
+Exit codes: 0 done, 1 an error the message explains in one line (bad input, a refused request,
+a file-system fault with its path), 2 a bad command line, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -52,10 +52,7 @@ def _parse(argv: list[str]) -> tuple[object, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  try:
-    module, args = _parse(argv)
-  except SystemExit as e:  # argparse: --help, or a bad command line
-    return int(e.code or 0)
+  module, args = _parse(argv)  # argparse exits on --help (0) and a bad command line (2)
   _quiet_logging()
   try:
     if module.__name__ != f"{tools.__name__}.{tools.DEFAULT_COMMAND}":  # it checks its config first
@@ -63,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     return module.main(args) or 0
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:  # a file-system fault (FileExistsError, PermissionError, ...): its path
+    where = "".join(f": {name}" for name in (e.filename, e.filename2) if name is not None)
+    print(f"error: {e.strerror or e}{where}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     return 130

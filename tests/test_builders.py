@@ -13,12 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 import tensorflow_datasets as tfds
 
 from flaxderm.data import builders
+from flaxderm.data import preprocess
 from flaxderm.data.builders import common
 from flaxderm.data.builders import synthetic
 
@@ -237,6 +239,34 @@ def test_jpeg_without_resizing_is_stored_as_is(tmp_path):
   raw = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})[0]
   original = tmp_path / "manual" / "ISBI2016_ISIC_Part1_Training_Data" / f"{ids['train'][0]}.jpg"
   assert raw["image"] == original.read_bytes()
+
+
+@pytest.mark.parametrize("max_size", [0, 20])
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_exif_orientation_is_applied_as_predict_applies_it(tmp_path, orientation, max_size):
+  """A JPEG stored sideways with an EXIF orientation, its mask drawn on the upright image (as
+  viewers show it): the prepared image is the upright one, aligned with its mask."""
+  from tiny_runs import write_rotated_jpeg  # pylint: disable=g-import-not-at-top
+
+  ids = write_isic(tmp_path / "manual", "isic2016_task1", count=1)
+  case = ids["train"][0]
+  path = write_rotated_jpeg(
+      tmp_path / "manual" / "ISBI2016_ISIC_Part1_Training_Data" / f"{case}.jpg", orientation)
+  with Image.open(path) as im:
+    upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+  assert upright.shape == (40, 24, 3)
+  truth = np.uint8(upright[..., 0] > 128) * 255
+  write_mask(tmp_path / "manual" / "ISBI2016_ISIC_Part1_Training_GroundTruth"
+             / f"{case}_Segmentation.png", truth)
+  builder = prepare("isic2016_task1", tmp_path, tmp_path / "manual",
+                    builder_kwargs={"max_size": max_size})
+  row = records(builder, "train")[0]
+  size = (40, 24) if max_size == 0 else (20, 12)
+  assert row["image"].shape == (*size, 3) and row["mask"].shape == (*size, 1)
+  expected = cv2.resize(upright, size[::-1], interpolation=cv2.INTER_AREA)
+  assert np.abs(row["image"].astype(int) - expected).mean() < 4
+  assert np.mean((row["image"][..., 0] > 128) == (row["mask"][..., 0] > 0)) > 0.95
+  np.testing.assert_array_equal(preprocess.read_image(path), upright)
 
 
 def test_downloads_when_manual_dir_has_no_files(tmp_path, monkeypatch):

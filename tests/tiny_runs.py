@@ -50,3 +50,14 @@ def write_image(path: Path, height: int, width: int, seed: int = 0) -> Path:
   pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
   Image.fromarray(pixels).save(path)
   return path
+
+
+def write_rotated_jpeg(path: Path, orientation: int, width: int = 40, height: int = 24) -> Path:
+  """A JPEG stored ``width`` x ``height`` whose EXIF orientation turns it upright for viewers."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  pixels = np.zeros((height, width, 3), np.uint8)
+  pixels[:, : width // 4] = 255  # a bright band along one short side, to see where it goes
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+  return path

@@ -11,11 +11,14 @@ it stays aligned with the image; functions that only change colours take the ima
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image, ImageOps
 import simplejpeg
 
 # Mean and std in [0, 1] pixel units, per preset name. Kept as plain data so that pretrained-weight
@@ -39,8 +42,8 @@ def decode_image(value: Any, *, channels: int, name: str = "image") -> np.ndarra
   """Returns a uint8 array (H, W, channels) from encoded bytes (PNG/JPEG/BMP) or a decoded array.
 
   TFDS records read with ``SkipDecoding`` hold the encoded bytes; in-memory records hold arrays.
-  EXIF orientation is ignored, as TFDS's own decoder does, so the image keeps the geometry of its
-  (PNG) mask.
+  EXIF orientation is ignored, as TFDS's own decoder does: the builders store images upright
+  (``rgb_pixels``) and without the tag, in the geometry of their masks.
   """
   if isinstance(value, (bytes, np.bytes_)):
     flag = cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE
@@ -58,6 +61,54 @@ def decode_image(value: Any, *, channels: int, name: str = "image") -> np.ndarra
     raise ValueError(f"feature {name!r}: expected uint8 (H, W, {channels}), got "
                      f"{array.dtype} {array.shape}")
   return array
+
+
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# Integer pixels (16-bit PNGs and TIFFs) are scaled to 8 bits by their full 16-bit range, as
+# viewers show them: 65535 is white, whatever the image's own maximum.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_SIXTEEN_BIT_MAX = 65535
+
+
+def orientation(im: Image.Image) -> int:
+  """The image's EXIF orientation (1: stored upright)."""
+  return im.getexif().get(EXIF_ORIENTATION, 1)
+
+
+def upright_size(im: Image.Image) -> tuple[int, int]:
+  """(width, height) of the image as viewers show it, its EXIF orientation applied."""
+  return im.size[::-1] if orientation(im) in _TRANSPOSING_ORIENTATIONS else im.size
+
+
+def rgb_pixels(im: Image.Image, name: str = "image") -> np.ndarray:
+  """uint8 RGB pixels of a PIL image as viewers show it: its EXIF orientation applied; modes 1,
+  L, LA, P, RGBA, CMYK, ... converted by PIL (alpha dropped); 16-bit integer modes scaled by
+  65535 to 8 bits. ValueError naming ``name`` for float pixels (mode F, no defined range) and
+  integers outside 0..65535."""
+  if orientation(im) != 1:
+    im = ImageOps.exif_transpose(im)
+  if im.mode == "F":
+    raise ValueError(f"{name}: mode F (32-bit float pixels) has no defined range; save it as an "
+                     "8- or 16-bit image")
+  if im.mode not in _SIXTEEN_BIT_MODES:
+    return np.asarray(im.convert("RGB"))
+  values = np.asarray(im).astype(np.int64)
+  if values.size and (values.min() < 0 or values.max() > _SIXTEEN_BIT_MAX):
+    raise ValueError(f"{name}: mode {im.mode} pixels {values.min()}..{values.max()} lie outside "
+                     f"0..{_SIXTEEN_BIT_MAX}; save it as an 8- or 16-bit image")
+  grey = np.round(values * (255 / _SIXTEEN_BIT_MAX)).astype(np.uint8)
+  return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+  """uint8 RGB pixels of an image file as viewers show it (``rgb_pixels``), decoded completely
+  and checked as the dataset builders check theirs (``check_jpeg``)."""
+  data = Path(path).read_bytes()
+  with Image.open(io.BytesIO(data)) as im:
+    im.load()  # decodes everything: a truncated file fails here
+    check_jpeg(data, im.format, im.mode)
+    return rgb_pixels(im, str(path))
 
 
 def check_jpeg(data: bytes, image_format: str | None, mode: str) -> None:

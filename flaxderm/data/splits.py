@@ -120,3 +120,11 @@ def split_groups(cfg: Mapping[str, Any], name: str) -> list[str]:
   base, indices = resolve_split(source, cfg, name)
   groups, _ = split_metadata(source, base)
   return [groups[i] for i in indices]
+
+
+def split_ids(cfg: Mapping[str, Any], name: str) -> list[str]:
+  """The case id of every record of split ``name`` (e.g. the cases a run trained on)."""
+  source = sources.open_source(cfg)
+  base, indices = resolve_split(source, cfg, name)
+  records = source.split(base)
+  return [sources.record_text(records[int(i)]["id"]) for i in indices]

@@ -11,15 +11,21 @@ layout as the official release), prepared into a temporary folder so no other pr
 read. It writes ``RUN/evaluation/cases.csv`` (per case) and ``RUN/evaluation/metrics.json``, and
 prints the metrics as one JSON line, last. Batches and per-case rows come from
 ``flaxderm.train.scoring``, the code the training loop validates with.
+
+An earlier evaluation of other data, options or parameters' step is never replaced: it moves into
+``RUN/evaluation/<what it scored>/`` first (a warning names it). Cases of ``--manual-dir`` that
+were in the run's training split (same ids) are named in a warning: their scores are not held out.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +40,7 @@ from flaxderm.tools import calibration
 from flaxderm.tools import run as run_lib
 from flaxderm.data import pipeline
 from flaxderm.data import sources
+from flaxderm.data import splits
 from flaxderm.train import config as config_lib
 from flaxderm.train import parallel as parallel_lib
 from flaxderm.train import scoring
@@ -42,6 +49,12 @@ from flaxderm.train import step as step_lib
 from flaxderm.train.lock import RunLock
 
 log = logging.getLogger(__name__)
+
+EVALUATION_DIR = "evaluation"
+CASES, METRICS, CV_METRICS = "cases.csv", "metrics.json", "cv_metrics.json"
+# What an evaluation scored, as its metrics file records it: another value is another evaluation.
+SCORING_KEYS = ("dataset", "split", "manual_dir", "params", "ema", "tta", "step")
+
 
 def _auc(rows: list[dict[str, Any]], class_names: tuple[str, ...]) -> dict[str, float]:
   """ROC AUC (macro one-vs-rest) of the per-case probabilities: a threshold-free score beside
@@ -64,6 +77,58 @@ def json_line(metrics: Mapping[str, float]) -> str:
   return json.dumps({k: (v if isinstance(v, float) and math.isfinite(v) else
                          None if isinstance(v, float) else v) for k, v in metrics.items()},
                     sort_keys=True)
+
+
+def recorded_scoring(out: Path) -> dict[str, Any] | None:
+  """What the evaluation in folder ``out`` scored (``SCORING_KEYS``), None when it holds none."""
+  for name in (METRICS, CV_METRICS):
+    if (out / name).is_file():
+      saved = json.loads((out / name).read_text())
+      return {key: saved.get(key) for key in SCORING_KEYS}
+  return None
+
+
+def _scoring_name(identity: Mapping[str, Any]) -> str:
+  """A folder name spelling out what an evaluation scored."""
+  where = []
+  if identity["manual_dir"]:  # the folder's name, and a digest telling same-named folders apart
+    digest = hashlib.sha1(str(identity["manual_dir"]).encode()).hexdigest()[:6]
+    where = [Path(identity["manual_dir"]).name, digest]
+  steps = np.atleast_1d(identity["step"] if identity["step"] is not None else [])
+  parts = [identity["dataset"], identity["split"], *where, identity["params"],
+           f"ema-{identity['ema']}", f"tta-{identity['tta']}", "step-" + "-".join(map(str, steps))]
+  return re.sub(r"[^\w.+-]", "-", "_".join(map(str, parts)))
+
+
+def _keep_earlier(out: Path, identity: Mapping[str, Any]) -> None:
+  """Moves the evaluation in ``out`` into ``out/<what it scored>/`` when it scored other data,
+  options or step than ``identity`` (``SCORING_KEYS``), so that no evaluation replaces another
+  silently."""
+  earlier = recorded_scoring(out)
+  if earlier is None or earlier == dict(identity):
+    return
+  kept = out / _scoring_name(earlier)
+  kept.mkdir(exist_ok=True)
+  for name in (CASES, METRICS, CV_METRICS):
+    if (out / name).is_file():
+      (out / name).replace(kept / name)
+  log.warning("%s held an evaluation of %s; kept it in %s", out, earlier, kept)
+
+
+def _warn_of_training_cases(cfg: ml_collections.ConfigDict, rows: list[dict[str, Any]],
+                            manual_dir: str) -> None:
+  """A warning naming the cases of ``manual_dir`` that the run trained on (same ids)."""
+  try:
+    trained = set(splits.split_ids(cfg.data, cfg.data.train_split))
+  except Exception as e:  # pylint: disable=broad-except  (its training data may be elsewhere)
+    log.info("could not read the run's training split to compare its cases: %s", e)
+    return
+  overlap = sorted({str(row["id"]) for row in rows} & trained)
+  if overlap:
+    log.warning("%d of the %d cases scored in --manual-dir %s are in the run's training split "
+                "(%s of %s), e.g. %s: their scores are not held-out estimates", len(overlap),
+                len(rows), manual_dir, cfg.data.train_split, cfg.data.name,
+                ", ".join(overlap[:5]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,7 +167,7 @@ def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
   runs = run_lib.run_directories(workdir)
   options = dict(params=params, use_ema=use_ema, tta=tta, batch_size=batch_size)
   if runs == [workdir]:
-    return _score(runs, workdir / "evaluation", manual_dir=manual_dir, **options)
+    return _score(runs, workdir / EVALUATION_DIR, manual_dir=manual_dir, **options)
   return _evaluate_cross_validation(workdir, runs, manual_dir=manual_dir, **options)
 
 
@@ -113,22 +178,25 @@ def _evaluate_cross_validation(workdir: Path, folds: list[Path], *, manual_dir: 
   ensemble (the mean of their probabilities) on that dataset."""
   from flaxderm.tools import crossval  # pylint: disable=g-import-not-at-top  (it imports this module)
 
-  per_fold = [_score([fold], fold / "evaluation", manual_dir=manual_dir, **options)
+  per_fold = [_score([fold], fold / EVALUATION_DIR, manual_dir=manual_dir, **options)
               for fold in folds]
   summary = crossval.summarize(per_fold, [f.name for f in folds])
-  out = workdir / "evaluation"
-  if manual_dir is None:
-    headline = summary["mean"]
-    rows = [{"fold": fold.name, **row} for fold in folds
-            for row in read_cases(fold / "evaluation" / "cases.csv")]
-    if jax.process_index() == 0:  # out of fold: each case scored by the fold that held it out
-      write_cases(out / "cases.csv", rows)
-  else:
-    headline = _score(folds, out, manual_dir=manual_dir, **options)
+  out = workdir / EVALUATION_DIR
+  headline = (summary["mean"] if manual_dir is None else
+              _score(folds, out, manual_dir=manual_dir, **options))
   if jax.process_index() == 0:
-    (out / "cv_metrics.json").write_text(json.dumps(
+    if manual_dir is None:  # out of fold: each case scored by the fold that held it out
+      rows = [{"fold": fold.name, **row} for fold in folds
+              for row in read_cases(fold / EVALUATION_DIR / CASES)]
+      scored = [recorded_scoring(fold / EVALUATION_DIR) for fold in folds]
+      identity = {**scored[0], "step": [s["step"] for s in scored]}
+      _keep_earlier(out, identity)
+      write_cases(out / CASES, rows)
+    else:
+      identity = recorded_scoring(out)
+    (out / CV_METRICS).write_text(json.dumps(
         {"scored": "fold ensemble" if manual_dir else "each fold on its validation split",
-         "manual_dir": manual_dir, "metrics": json.loads(json_line(headline)), **summary},
+         **identity, "metrics": json.loads(json_line(headline)), **summary},
         indent=2, default=str) + "\n")
     print(crossval.format_table(summary), flush=True)
   return {**headline, **crossval.flatten(summary)}
@@ -172,12 +240,16 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
   metrics = task.summarize(stats)
   if task.kind == "classification":
     metrics.update(_auc(rows, task.class_names))
+  if manual_dir is not None and not ensemble:  # the folds of an ensemble were scored alone first
+    _warn_of_training_cases(first.cfg, rows, manual_dir)
   if jax.process_index() == 0:
-    write_cases(out / "cases.csv", rows)
-    (out / "metrics.json").write_text(json.dumps(
-        {"dataset": data_cfg.name, "split": split, "manual_dir": manual_dir, "params": which,
-         "ema": use_ema, "tta": cfg.eval.tta, "step": first.step if not ensemble else
-         [r.step for r in restored], "runs": [str(r) for r in runs] if ensemble else None,
+    identity = {"dataset": data_cfg.name, "split": split, "manual_dir": manual_dir,
+               "params": which, "ema": use_ema, "tta": cfg.eval.tta,
+               "step": first.step if not ensemble else [r.step for r in restored]}
+    _keep_earlier(out, identity)
+    write_cases(out / CASES, rows)
+    (out / METRICS).write_text(json.dumps(
+        {**identity, "runs": [str(r) for r in runs] if ensemble else None,
          "metrics": json.loads(json_line(metrics))}, indent=2) + "\n")
   log.info("scored %s params of %s on %s/%s: %d cases", which,
            f"{len(runs)} folds" if ensemble else f"step {first.step}", data_cfg.name, split,

@@ -9,9 +9,10 @@ heat map (jet colours, blended half and half) over the image at its original siz
 where the model saw none of the image (cropped away).
 
 The target and the methods are ``flaxderm.attribution``'s: for a classifier the logit of
-``--target`` (a class name or index; default: the predicted class), for a segmentation model the
-lesion it predicts. ``--layer`` names the module whose output Grad-CAM uses (an unknown name lists
-the valid ones; default: see ``attribution.default_layer``).
+``--target`` (a class name in any case, e.g. ``MEL`` as ``predict`` writes it, or an index;
+default: the predicted class), for a segmentation model the lesion it predicts. ``--layer`` names
+the module whose output Grad-CAM uses (an unknown name lists the valid ones; default: see
+``attribution.default_layer``).
 
 Explanations use one view (no test-time augmentation). A cross-validation run explains each fold
 and averages their scaled maps (scaled again), as pytorch-grad-cam aggregates several layers; the
@@ -32,6 +33,7 @@ import numpy as np
 from flaxderm import attribution
 from flaxderm.attribution import CAM_METHODS, DEFAULT_STEPS, METHODS, Layer
 from flaxderm.data import pipeline
+from flaxderm.data import preprocess
 from flaxderm.tools import predict as predict_lib
 from flaxderm.tools import run as run_lib
 from flaxderm.train import step as step_lib
@@ -53,23 +55,37 @@ def _member_map(logits: Callable, variables, x: jax.Array, classes: jax.Array | 
                              steps=steps)
 
 
-def _target_class(run: run_lib.Run, target: str | int | None, images: Sequence[np.ndarray]
-                  ) -> list[int] | None:
-  """Per image, the class explained (None for segmentation)."""
+def class_index(run: run_lib.Run, target: str | int | None) -> int | None:
+  """The index of the class ``target`` names: a class name, exactly or in any case (as
+  ``predictions.csv``'s header writes it, e.g. MEL), or an index; None for none given."""
   if run.task == "segmentation":
     if target is not None:
       raise ValueError("--target is for classification runs; a segmentation explanation "
                        "targets the lesion the model predicts")
     return None
   if target is None:
-    return [int(np.argmax(p)) for p in run.probabilities(images)]
+    return None
   names = list(run.class_names)
+  folded = [n.casefold() for n in names]
   if str(target) in names:
-    return [names.index(str(target))] * len(images)
+    return names.index(str(target))
+  if folded.count(str(target).casefold()) == 1:
+    return folded.index(str(target).casefold())
   if str(target).isdigit() and int(target) < len(names):
-    return [int(target)] * len(images)
+    return int(target)
   raise ValueError(f"--target {target!r}: not a class of this run; classes: {', '.join(names)} "
-                   f"(or their indices 0..{len(names) - 1})")
+                   f"(in any case, or their indices 0..{len(names) - 1})")
+
+
+def _target_class(run: run_lib.Run, target: str | int | None, images: Sequence[np.ndarray]
+                  ) -> list[int] | None:
+  """Per image, the class explained (None for segmentation)."""
+  index = class_index(run, target)
+  if run.task == "segmentation":
+    return None
+  if index is None:
+    return [int(np.argmax(p)) for p in run.probabilities(images)]
+  return [index] * len(images)
 
 
 class Explainer:
@@ -132,7 +148,7 @@ def explain_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
                   steps: int = DEFAULT_STEPS, params: str | None = None,
                   use_ema: bool | None = None, overwrite: bool = False) -> dict:
   """Writes ``out/<id>_<method>.png`` for every input image; returns a summary."""
-  paths = predict_lib.expand_inputs(inputs)
+  paths = predict_lib.expand_inputs(inputs, out)
   out = Path(out)
   planned = [out / f"{p.stem}_{method}.png" for p in paths]
   existing = [p.name for p in planned if p.exists()]
@@ -141,11 +157,12 @@ def explain_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
                      f"{' and more' if len(existing) > 5 else ''}; pass --overwrite to replace")
   run = run_lib.load_run(workdir, params=params, use_ema=use_ema, tta="none", batch_size=1)
   explainer = Explainer(run, method, layer=layer, steps=steps)
+  class_index(run, target)  # a bad --target fails here, before the output folder exists
   out.mkdir(parents=True, exist_ok=True)
   written = []
   for path, destination in zip(paths, planned):
     try:
-      image = predict_lib.read_image(path)
+      image = preprocess.read_image(path)
     except Exception as e:  # pylint: disable=broad-except  (PIL raises many types)
       raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
     (heat,), classes = explainer.explain([image], target)

@@ -37,9 +37,14 @@ from jax._src import source_info_util
 
 from flaxderm.tools import run as run_lib
 from flaxderm.data import preprocess as preprocess_lib
+from flaxderm.train import checkpoint as checkpoint_lib
 
 FORMATS = ("onnx", "savedmodel", "tflite")
 INPUT_NAME = "image"
+# What marks a folder as a training run (flaxderm.train.loop writes them), never an export's.
+RUN_MARKERS = (run_lib.CONFIG, checkpoint_lib.LATEST)
+# What tf.saved_model.save writes into its folder: all that --overwrite may remove there.
+SAVEDMODEL_ENTRIES = ("saved_model.pb", "fingerprint.pb", "variables", "assets")
 INTENDED_USE = ("Research use only. Not a medical device: not validated for diagnosis or any "
                 "clinical decision.")
 
@@ -216,15 +221,53 @@ def _card_markdown(card: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def card_paths(out: Path) -> tuple[Path, Path]:
+  """The model card beside the export ``out``: (``out.card.json``, ``out.card.md``)."""
+  return Path(f"{out}.card.json"), Path(f"{out}.card.md")
+
+
+def _is_run_directory(path: Path) -> bool:
+  """A training run (its config, its checkpoints) or a cross-validation run (its folds)."""
+  return path.is_dir() and (any((path / name).exists() for name in RUN_MARKERS)
+                            or any(path.glob(run_lib.FOLD_PATTERN)))
+
+
+def _check_out(workdir: Path, fmt: str, out: Path, overwrite: bool) -> None:
+  """ValueError unless ``out`` (and its cards) may be written: never a run directory or a folder
+  holding one (the run exported included), and with ``--overwrite`` only what an earlier export
+  of ``fmt`` wrote there, recognised by its model card."""
+  if out.resolve() == workdir or out.resolve() in workdir.parents or _is_run_directory(out):
+    raise ValueError(f"--out {out} is or holds a run directory (the run {workdir} included?); "
+                     "exports go to a file or folder of their own")
+  card_json, card_md = card_paths(out)
+  existing = [p for p in (out, card_json, card_md) if p.exists()]
+  if not existing:
+    return
+  if not overwrite:
+    raise ValueError(f"{', '.join(map(str, existing))} already exist; pass --overwrite to replace "
+                     "them")
+  try:
+    earlier = json.loads(card_json.read_text())["format"]
+  except (OSError, ValueError, KeyError, TypeError):
+    earlier = None
+  foreign = ([p.name for p in out.iterdir() if p.name not in SAVEDMODEL_ENTRIES]
+             if out.is_dir() else [])
+  if earlier != fmt or out.is_dir() != (fmt == "savedmodel") or foreign:
+    what = (f"an export of format {earlier}" if earlier in FORMATS else "no model card")
+    raise ValueError(
+        f"--overwrite: {out} is not an earlier {fmt} export ({card_json}: {what}"
+        f"{'; it holds ' + ', '.join(sorted(foreign)[:5]) if foreign else ''}); --overwrite "
+        "replaces only what export wrote, so choose another --out or remove it yourself")
+
+
 def export_run(workdir: str | Path, fmt: str, out: str | Path, *, params: str | None = None,
                use_ema: bool | None = None, tta: str | None = None, batch_size: int = 1,
                overwrite: bool = False) -> dict[str, Any]:
-  """Exports the run to ``out`` with its model card; returns the card."""
+  """Exports the run to ``out`` with its model card; returns the card. ``overwrite`` replaces an
+  earlier export of the same format only (``_check_out``)."""
   out = Path(out)
-  card_json, card_md = Path(f"{out}.card.json"), Path(f"{out}.card.md")
-  existing = [str(p) for p in (out, card_json, card_md) if p.exists()]
-  if existing and not overwrite:
-    raise ValueError(f"{', '.join(existing)} already exist; pass --overwrite to replace them")
+  card_json, card_md = card_paths(out)
+  _check_out(Path(workdir).resolve(), fmt, out, overwrite)
   run = run_lib.load_run(workdir, params=params, use_ema=use_ema, tta=tta)
   sizes = {m.data_cfg.image_size for m in run.members}
   if len(sizes) > 1:

@@ -21,14 +21,16 @@ when it holds ``calibration.json`` (``launch.py evaluate --calibrate``); masks a
 same either way.
 
 An input that cannot be read is named on stderr, listed in ``DIR/skipped.txt`` and left out; the
-others are still written. Existing outputs are never replaced without ``--overwrite``.
+others are still written (none left: the command fails, exit 1). Existing outputs are never
+replaced without ``--overwrite``, and DIR may not be a folder that an input folder or pattern
+reads (the outputs would come back as inputs). Images are read as viewers show them
+(``flaxderm.data.preprocess.read_image``: EXIF orientation applied, 16-bit scaled to 8 bits).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import glob
-import io
 import logging
 import sys
 import time
@@ -37,7 +39,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 import tqdm
 
@@ -53,22 +54,29 @@ PREDICTIONS, LABELS = "predictions.csv", "labels.csv"
 ISIC_TASK3_COLUMNS = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+def expand_inputs(inputs: Sequence[str], out: str | Path | None = None) -> list[Path]:
   """Image files named by ``inputs`` (files, folders, glob patterns), in order, without repeats.
-  ValueError naming an input that is neither an existing path nor a pattern matching images."""
+  ValueError naming an input that is neither an existing path nor a pattern matching images, or
+  a folder or pattern that reads the output folder ``out`` (the tool's outputs would be read back
+  as inputs on the next run)."""
   found: list[Path] = []
   for item in inputs:
     path = Path(item)
     if path.is_dir():
       matches = sorted(p for p in path.iterdir()
                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+      folders = {path.resolve()}
     elif path.is_file():
-      matches = [path]
+      matches, folders = [path], set()
     else:
       matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+      folders = {p.parent.resolve() for p in matches}
     if not matches:
       raise ValueError(f"input {item!r}: no such file, or no image in that folder or pattern "
                        f"(images: {', '.join(IMAGE_SUFFIXES)})")
+    if out is not None and Path(out).resolve() in folders:
+      raise ValueError(f"--out {out} is a folder that input {item!r} reads: the outputs written "
+                       "there would be read back as inputs on the next run; choose another --out")
     found.extend(matches)
   unique = list(dict.fromkeys(p.resolve() for p in found))
   stems: dict[str, Path] = {}
@@ -78,15 +86,6 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
                        "outputs are named by id")
     stems[p.stem] = p
   return unique
-
-
-def read_image(path: Path) -> np.ndarray:
-  """uint8 RGB pixels of an image file, decoded and checked as the dataset builders do."""
-  data = path.read_bytes()
-  with Image.open(io.BytesIO(data)) as im:
-    im.load()  # decodes everything: a truncated file fails here
-    preprocess.check_jpeg(data, im.format, im.mode)
-    return np.asarray(im.convert("RGB"))
 
 
 def postprocess(mask: np.ndarray, *, largest_component: bool, fill_holes: bool) -> np.ndarray:
@@ -147,7 +146,7 @@ def predict_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
                   progress: bool = True) -> dict:
   """Predicts every input image into ``out``; see the module docstring. Returns a summary
   (counts, skipped inputs, images/s)."""
-  paths = expand_inputs(inputs)
+  paths = expand_inputs(inputs, out)
   run = run_lib.load_run(workdir, params=params, use_ema=use_ema, tta=tta, batch_size=batch_size)
   if run.task == "classification" and (largest_component or fill_holes or save_probabilities):
     raise ValueError("--largest-component, --fill-holes and --save-probabilities are for "
@@ -167,17 +166,18 @@ def predict_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
   done = 0
   bar = tqdm.tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
   for chunk in _chunks(paths, batch_size):
-    images, ids = [], []
+    images, read = [], []
     for path in chunk:
       try:
-        images.append(read_image(path))
-        ids.append(path.stem)
+        images.append(preprocess.read_image(path))
+        read.append(path)
       except Exception as e:  # pylint: disable=broad-except  (PIL raises many types)
         problem = f"cannot read image ({type(e).__name__}: {e})"
         skipped.append((path, problem))
         bar.write(f"skipped {path}: {problem}", file=sys.stderr)
     if images:
-      for image_id, image, probs in zip(ids, images, run.probabilities(images)):
+      probabilities = run.probabilities(images, [str(path) for path in read])
+      for image_id, image, probs in zip((path.stem for path in read), images, probabilities):
         if run.task == "classification":
           rows.append((image_id, probs))
           continue
@@ -243,3 +243,6 @@ def main(args: argparse.Namespace) -> None:
   print(f"{summary['predicted']} images predicted into {summary['out']} "
         f"({summary['skipped']} skipped) in {summary['seconds']:.1f} s: "
         f"{summary['images_per_s']:.2f} images/s including decoding", flush=True)
+  if not summary["predicted"]:
+    raise ValueError(f"no input could be read: all {summary['skipped']} were skipped (see "
+                     f"{Path(summary['out']) / SKIPPED})")

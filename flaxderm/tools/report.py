@@ -3,12 +3,15 @@
     python launch.py report --workdir RUN [--cases N] [--params last|best] [--ema | --no-ema]
         [--tta none|hflip|flips]
 
-writes ``RUN/report/index.html`` and its PNGs (matplotlib, Agg canvas; no display needed):
+writes ``RUN/report/index.html`` and its PNGs (matplotlib, Agg canvas; no display needed),
+replacing an earlier report's (its ``FIGURES``) and nothing else in that folder:
 
 * training loss and validation metrics over steps, from ``metrics.jsonl`` (one line per fold of a
-  cross-validation run);
+  cross-validation run; the page says so where it is missing);
 * the evaluation's metrics, from ``RUN/evaluation/`` (``flaxderm.tools.evaluate``: run first when the
-  run has not been scored yet; that needs its validation split);
+  run has not been scored yet, or was scored with other ``--params``, ``--ema`` or ``--tta`` than
+  those given -- the stored evaluation is then kept in a subfolder; that needs its validation
+  split);
 * classification: the confusion matrix (counts and row-normalised), ROC and precision-recall
   curves per class (one-vs-rest, with their AUC and average precision, scikit-learn), the
   reliability diagram with its expected calibration error (``metrics.reliability_bins`` and
@@ -20,13 +23,14 @@ writes ``RUN/report/index.html`` and its PNGs (matplotlib, Agg canvas; no displa
   deviation; its cases are the out-of-fold ones, each shown with the fold that held it out.
 
 ``--params``, ``--ema`` and ``--tta`` are passed to the evaluation when one is run; the images
-then show the predictions of the parameters that evaluation scored.
+show the predictions of the parameters that evaluation scored.
 """
 from __future__ import annotations
 
 import argparse
 import html
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,12 +50,19 @@ from flaxderm.data import preprocess
 from flaxderm.train import config as config_lib
 from flaxderm.train import setup
 
+log = logging.getLogger(__name__)
+
 REPORT_DIR = "report"
+TRAINING_LOG = "metrics.jsonl"  # written by flaxderm.train.loop
 DEFAULT_CASES = 8
 DPI = 100
 # Figure sizes in inches (pixels = inches * DPI); the case grids grow with the cases shown.
 FIGURE_SIZES = {"curves": (11, 4), "confusion": (11, 4.8), "roc_pr": (11, 4.8),
                 "reliability": (6, 6), "dice_histogram": (6, 4)}
+# Every figure the report draws (``out/<name>.png``): all it removes of an earlier report's.
+FIGURES = ("curves", "confusion", "roc_pr", "reliability", "mistakes", "worst_cases",
+           "dice_histogram")
+PAGE_NAME = "index.html"
 TILE_INCHES = 2.6
 TITLE_INCHES = 0.6  # three lines of 8-point title
 RELIABILITY_BINS = 15
@@ -72,12 +83,29 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _other_options(workdir: Path, options: Mapping[str, Any]) -> list[str]:
+  """The options given (``--params``, ``--ema``, ``--tta``) that the stored evaluation of the run
+  (of each fold) was not scored with, as "key: stored -> asked"."""
+  asked = {"params": options["params"], "ema": options["use_ema"], "tta": options["tta"]}
+  differ = []
+  for run_dir in run_lib.run_directories(workdir):
+    stored = evaluate_lib.recorded_scoring(run_dir / evaluate_lib.EVALUATION_DIR) or {}
+    differ += [f"{key}: {stored[key]} -> {value}" for key, value in asked.items()
+               if value is not None and key in stored and stored[key] != value]
+  return sorted(set(differ))
+
+
 def _evaluation(workdir: Path, cv: bool, options: Mapping[str, Any]
                 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
-  """(case rows, the evaluation's metrics file) of the run, scoring it first when needed."""
-  out = workdir / "evaluation"
-  summary = out / ("cv_metrics.json" if cv else "metrics.json")
-  if not ((out / "cases.csv").is_file() and summary.is_file()):
+  """(case rows, the evaluation's metrics file) of the run, scoring it first when it has none or
+  its stored one was scored with other options than those given (the stored one is kept, see
+  ``flaxderm.tools.evaluate``)."""
+  out = workdir / evaluate_lib.EVALUATION_DIR
+  summary = out / (evaluate_lib.CV_METRICS if cv else evaluate_lib.METRICS)
+  other = _other_options(workdir, options)
+  if other:
+    log.info("%s was scored with other options (%s): scoring it again", out, "; ".join(other))
+  if other or not ((out / evaluate_lib.CASES).is_file() and summary.is_file()):
     for run_dir in run_lib.run_directories(workdir):
       if not config_lib.has_validation(run_lib.run_config(run_dir)):
         raise ValueError(f"{run_dir} trained on all of its data (data.split='all'): it has no "
@@ -89,7 +117,7 @@ def _evaluation(workdir: Path, cv: bool, options: Mapping[str, Any]
     raise ValueError(f"{out} holds scores on --manual-dir {scored['manual_dir']}, whose images "
                      f"the report cannot show; score the run's validation split with python "
                      f"launch.py evaluate --workdir {workdir}, then rerun the report")
-  return evaluate_lib.read_cases(out / "cases.csv"), scored
+  return evaluate_lib.read_cases(out / evaluate_lib.CASES), scored
 
 
 def _case_run(workdir: Path, row: Mapping[str, str]) -> Path:
@@ -135,6 +163,7 @@ def _figure(size: tuple[float, float]) -> Figure:
 
 
 def _save(fig: Figure, out: Path, name: str) -> dict[str, Any]:
+  assert name in FIGURES, name  # so that the next report removes it
   path = out / f"{name}.png"
   fig.savefig(path, dpi=DPI)
   width, height = (round(v * DPI) for v in fig.get_size_inches())
@@ -330,7 +359,7 @@ def _classification(rows: list[dict[str, str]], workdir: Path, class_names: Sequ
     figures.append((f"The {len(wrong)} most confident mistakes",
                     mistakes_figure(images, maps, titles, out)))
   else:
-    figures.append(("Most confident mistakes", None))
+    figures.append(("Most confident mistakes", "None: every case is classified correctly."))
   return figures, scores
 
 
@@ -413,17 +442,20 @@ def write_report(workdir: str | Path, *, params: str | None = None, use_ema: boo
   def load(run_dir: Path) -> run_lib.Run:
     """The run as its evaluation scored it (parameters, EMA, test-time augmentation)."""
     if run_dir not in loaded:
-      scored = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+      scored = evaluate_lib.recorded_scoring(run_dir / evaluate_lib.EVALUATION_DIR)
       loaded[run_dir] = run_lib.load_run(run_dir, params=scored["params"], use_ema=scored["ema"],
                                          tta=scored["tta"], batch_size=1)
     return loaded[run_dir]
 
   out = workdir / REPORT_DIR
   out.mkdir(parents=True, exist_ok=True)
-  for stale in out.glob("*.png"):  # an earlier report's figure this one may not redraw
-    stale.unlink()
-  logs = {r.name: _read_jsonl(r / "metrics.jsonl") for r in runs}
-  figures = [("Training", curves_figure(logs, info.task, headline, out))]
+  for name in FIGURES:  # an earlier report's figure this one may not redraw; nothing else
+    (out / f"{name}.png").unlink(missing_ok=True)
+  logs = {r.name: _read_jsonl(r / TRAINING_LOG) for r in runs}
+  unlogged = [str(r / TRAINING_LOG) for r in runs if not logs[r.name]]
+  figures = [("Training", curves_figure(logs, info.task, headline, out) if len(unlogged) < len(runs)
+              else f"No training curves: no {TRAINING_LOG} records in {', '.join(unlogged)} "
+                   "(the run's training log is missing or empty).")]
   explainers: dict[Path, explain_lib.Explainer] = {}
 
   def explainer(run_dir: Path) -> explain_lib.Explainer:
@@ -457,12 +489,12 @@ def write_report(workdir: str | Path, *, params: str | None = None, use_ema: boo
               f"{', out-of-fold cases' if cv else ''}.</p>", _metrics_table(calibration)]
   for heading, figure in figures:
     parts.append(f"<h2>{html.escape(heading)}</h2>")
-    if figure is None:
-      parts.append("<p>none: every case is classified correctly.</p>")
+    if isinstance(figure, str):  # what the page says instead of a figure it could not draw
+      parts.append(f"<p>{html.escape(figure)}</p>")
       continue
     parts.append(f'<img src="{figure["file"]}" width="{figure["width"]}" '
                  f'height="{figure["height"]}" alt="{html.escape(heading)}">')
-  page = out / "index.html"
+  page = out / PAGE_NAME
   page.write_text(PAGE.format(title=html.escape(title), body="\n".join(parts)), encoding="utf-8")
   return page
 

@@ -10,7 +10,8 @@ for a classification run the class probabilities (in ``run.class_names`` order).
 ``run.predict_batch(images)`` does the same for a list of images of any sizes, and
 ``run.probabilities(images)`` returns the probability maps before thresholding. Images are
 prepared by the same function as the run's evaluation batches (its config's preprocessing,
-resize mode and normalisation).
+resize mode and normalisation); one whose short side is below a quarter of the model input
+(``MIN_SIDE_FRACTION``) is predicted with a warning.
 
 A cross-validation run (a directory of ``fold_*/`` runs) loads as one model: the average of the
 folds' probabilities.
@@ -48,6 +49,9 @@ RESULTS = "results.json"  # a finished training run's summary (flaxderm.train.lo
 CALIBRATION = "calibration.json"
 FOLD_PATTERN = "fold_*"
 THRESHOLD = 0.5
+# An image whose short side is below this fraction of the model input is predicted with a warning:
+# enlarged more than 4x, the model sees interpolation rather than the lesion.
+MIN_SIDE_FRACTION = 0.25
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, workdir: bool = True) -> None:
@@ -201,16 +205,28 @@ class Run:
   def cfg(self) -> ml_collections.ConfigDict:
     return self.members[0].cfg
 
+  @property
+  def min_image_side(self) -> float:
+    """The short side (pixels) below which an image is predicted with a warning."""
+    return MIN_SIDE_FRACTION * min(m.data_cfg.image_size for m in self.members)
+
   def forward(self, inputs: jax.Array) -> jax.Array:
     """Probabilities of prepared model inputs (N, S, S, 3): lesion maps (N, S, S) or classes
     (N, K), the mean over the members; a pure function of ``inputs`` (what export converts)."""
     outputs = [member.forward(member.state, inputs) for member in self.members]
     return sum(outputs[1:], outputs[0]) / len(outputs)
 
-  def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+  def probabilities(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None
+                    ) -> list[np.ndarray]:
     """Per image: the lesion probability map (H, W) at the image's size, or the class
-    probabilities (K,); the mean over the members."""
-    images = [_checked_image(image, i) for i, image in enumerate(images)]
+    probabilities (K,); the mean over the members. ``images``: a list of uint8 (H, W, 3) arrays
+    (or one stacked (N, H, W, 3) array); ``names`` name them in errors and warnings (default
+    "image <index>")."""
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+      raise ValueError(f"expected a list of images (uint8 (H, W, 3) each), got one array of "
+                       f"shape {images.shape}: pass [image], or use predict(image) for one")
+    names = names or [f"image {i}" for i in range(len(images))]
+    images = [self._checked_image(image, name) for image, name in zip(images, names)]
     total: list[np.ndarray] | None = None
     inputs: dict[str, list] = {}  # folds of a CV run share their preparation: done once
     for member in self.members:
@@ -237,13 +253,22 @@ class Run:
   def predict(self, image: np.ndarray) -> np.ndarray:
     return self.predict_batch([image])[0]
 
-
-def _checked_image(image: np.ndarray, index: int) -> np.ndarray:
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-    raise ValueError(f"image {index}: expected uint8 RGB of shape (H, W, 3), got {image.dtype} "
-                     f"{image.shape}")
-  return image
+  def _checked_image(self, image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` as an array; ValueError unless it is uint8 RGB with pixels, a warning when it is
+    far below the model input (``min_image_side``)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+      raise ValueError(f"{name}: expected uint8 RGB of shape (H, W, 3), got {image.dtype} "
+                       f"{image.shape}")
+    height, width = image.shape[:2]
+    if not height or not width:
+      raise ValueError(f"{name}: empty ({height}x{width} pixels); expected an image of at least "
+                       "1x1")
+    if min(height, width) < self.min_image_side:
+      log.warning("%s: %dx%d pixels, below %g px on its short side (a quarter of the model input "
+                  "of %d px): enlarged this much, its prediction is unreliable", name, height,
+                  width, self.min_image_side, self.cfg.data.image_size)
+    return image
 
 
 def load_run(workdir: str | Path, *, params: str | None = None, use_ema: bool | None = None,

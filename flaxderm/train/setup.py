@@ -60,6 +60,7 @@ def dataset_info(data_cfg: ml_collections.ConfigDict) -> pipeline.DatasetInfo:
   if data_cfg.name not in builders.BUILDERS:
     raise ValueError(f"config.data.name: unknown dataset {data_cfg.name!r}; expected one of "
                      f"{sorted(builders.BUILDERS)}")
+  builders.check_manual_dir(data_cfg.name, data_cfg.manual_dir)
   try:
     source = sources.open_source(data_cfg)
   except Exception as e:  # any failure to prepare: say how to get the files, keep the cause

@@ -49,6 +49,17 @@ def default_data_dir() -> Path:
   return Path(os.environ.get("FLAXDERM_DATA_DIR") or "~/tensorflow_datasets").expanduser()
 
 
+def check_manual_dir(name: str, manual_dir: str | os.PathLike | None) -> None:
+  """ValueError for an unknown dataset, or a manual directory given to a dataset that generates
+  its examples (it would be ignored: training on other data than the config records)."""
+  if name not in BUILDERS:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+  if manual_dir is not None and BUILDERS[name].GENERATED:
+    raise ValueError(f"data.manual_dir={os.fspath(manual_dir)}: dataset {name!r} generates its "
+                     "examples and never reads a folder (a :runlocal smoke run always trains on "
+                     "it); set data.name to the dataset in that folder instead")
+
+
 def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
             manual_dir: str | os.PathLike | None = None, builder_config: str | None = None,
             builder_kwargs: Mapping[str, Any] | None = None,
@@ -71,8 +82,7 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
       data) instead of stopping at the first. A copy prepared that way is refused later without
       this flag when it did skip examples, so the flag's meaning never depends on history.
   """
-  if name not in BUILDERS:
-    raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+  check_manual_dir(name, manual_dir)
   cls = BUILDERS[name]
   config = cls.resolve_config(builder_config, builder_kwargs)
 

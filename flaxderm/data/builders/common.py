@@ -61,8 +61,6 @@ _QUOTED_PROBLEMS = 5
 MASK_TOLERANCE = 32
 MASK_MAX_AMBIGUOUS = 0.01
 
-_EXIF_ORIENTATION = 0x0112
-
 
 class BadExample(Exception):
   """One example cannot be used; ``file`` is the file at fault."""
@@ -201,15 +199,17 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the flaxderm builders (ArrayRecord output, records in the official order).
 
   Subclasses read from files by implementing ``_sources`` (or generate arrays by overriding
-  ``_split_generators``). Class attributes: ``HAS_MASK``, ``IMAGE_FORMAT`` ("jpeg" for photographs,
-  "png" for lossless sources), ``HOMEPAGE``, ``CITATION``, ``CLINICAL_FIELDS`` (names from
-  ``clinical.FIELDS``, filled from each ``Source.clinical``); ``class_names()`` returns the label
-  names (empty: no label; by default the config's).
+  ``_split_generators``, and set ``GENERATED``). Class attributes: ``HAS_MASK``,
+  ``IMAGE_FORMAT`` ("jpeg" for photographs, "png" for lossless sources), ``HOMEPAGE``,
+  ``CITATION``, ``CLINICAL_FIELDS`` (names from ``clinical.FIELDS``, filled from each
+  ``Source.clinical``); ``class_names()`` returns the label names (empty: no label; by default the
+  config's).
   """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release."}
   HAS_MASK: ClassVar[bool] = False
+  GENERATED: ClassVar[bool] = False  # makes its examples itself: reads no manual directory
   IMAGE_FORMAT: ClassVar[str] = "jpeg"
   CLINICAL_FIELDS: ClassVar[tuple[str, ...]] = ()
   HOMEPAGE: ClassVar[str] = ""
@@ -541,24 +541,26 @@ def read_image(path: Path, *, max_size: int, encoding: str
                ) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
   """(encoded RGB image, original (w, h), stored (w, h)); BadExample when it cannot be decoded.
 
-  A JPEG that needs no resizing is stored as it is (no second lossy encoding); large JPEGs are
+  The image is stored upright, as viewers and ``launch.py predict`` show it (its EXIF orientation
+  applied, ``preprocess.rgb_pixels``), so its mask is drawn on what the sizes describe. A JPEG
+  that needs no resizing is stored as it is (no second lossy encoding); large JPEGs are
   decoded at a reduced scale directly (PIL draft mode), which is what keeps downscaling fast.
   JPEGs are also decoded strictly (``preprocess.check_jpeg``), so damaged data is reported.
   """
   try:
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as im:
-      original = im.size
+      original = preprocess.upright_size(im)
       stored = scaled_size(original, max_size)
       opened_as = (im.format, im.mode)  # draft() below may change the mode
       if (encoding == "jpeg" and im.format == "JPEG" and im.mode == "RGB" and stored == original
-          and im.getexif().get(_EXIF_ORIENTATION, 1) == 1):
+          and preprocess.orientation(im) == 1):
         im.load()  # decodes everything: a truncated file fails here
         preprocess.check_jpeg(data, *opened_as)
         return data, original, stored
       if stored != original:
-        im.draft("RGB", stored)
-      rgb = np.asarray(im.convert("RGB"))
+        im.draft("RGB", stored if original == im.size else stored[::-1])  # in stored geometry
+      rgb = preprocess.rgb_pixels(im, str(path))
       preprocess.check_jpeg(data, *opened_as)
   # PIL reports broken files with many exception types (OSError, SyntaxError, struct.error, ...).
   except Exception as e:  # pylint: disable=broad-except

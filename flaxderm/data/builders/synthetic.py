@@ -172,6 +172,7 @@ class SyntheticLesions(common.Builder, skip_registration=True):
 
   BUILDER_CONFIGS = [SyntheticConfig(name="default", description="128 px, 512/128/128 examples")]
   HAS_MASK = True
+  GENERATED = True
   IMAGE_FORMAT = "png"
 
   def class_names(self) -> tuple[str, ...]:

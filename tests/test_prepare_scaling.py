@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -176,6 +177,17 @@ def test_copy_without_dataset_info_is_prepared_again(manual, reference, tmp_path
   prepared = prepare(tmp_path, manual, workers=1)
   (Path(prepared.data_dir) / "dataset_info.json").unlink()
   assert_same(contents(prepare(tmp_path, manual, workers=1)), reference)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"max_size": 100}])
+def test_prepared_builder_travels_to_worker_processes(manual, tmp_path, kwargs):
+  # Grain's worker processes (data.num_workers > 0) get the data source pickled.
+  builder = builders.prepare("isic2019", data_dir=tmp_path, manual_dir=manual,
+                             builder_kwargs=kwargs, skip_bad_examples=True, prepare_workers=2)
+  copy = pickle.loads(pickle.dumps(builder))
+  assert copy.builder_config.options() == builder.builder_config.options()
+  assert copy.info.full_name == builder.info.full_name and copy.prepare_workers == 2
+  assert copy.as_data_source("train")[0]["id"] == builder.as_data_source("train")[0]["id"]
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, "2", True])

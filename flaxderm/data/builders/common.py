@@ -262,6 +262,14 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._source: dict[str, Any] = {}
     super().__init__(**kwargs)
 
+  def __getstate__(self):
+    # Grain worker processes get the data source pickled. TFDS accepts a predefined config only
+    # as the class's own object (configs compare by identity), so one travels by its name.
+    state = dict(super().__getstate__()["_original_state"])
+    if any(state.get("config") is c for c in self.BUILDER_CONFIGS):
+      state["config"] = state["config"].name
+    return {"_original_state": state}
+
   @classmethod
   def resolve_config(cls, name: str | None, overrides: Mapping[str, Any] | None) -> Config:
     """The config ``name`` (default: the first) with option ``overrides`` (builder kwargs).

@@ -52,6 +52,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.data_dir = None
   c.manual_dir = None
   c.skip_bad_examples = False
+  # Processes that decode, downscale and encode the images while the dataset is prepared (once);
+  # None: one per core, 1: the training process only. The prepared copy does not depend on it.
+  c.prepare_workers = None
   # "" = segmentation when the dataset has masks, else classification. Batches carry `mask` and
   # `label` whenever the dataset has them.
   c.task = ""
@@ -135,6 +138,11 @@ def validate_data_config(cfg: Mapping[str, Any]) -> None:
     if not 0 <= cfg["fold"] < cfg["num_folds"]:
       raise ValueError(f"data.fold must be in [0, data.num_folds={cfg['num_folds']}), got "
                        f"{cfg['fold']}")
+  workers = cfg["prepare_workers"]
+  if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                              or workers < 1):
+    raise ValueError(f"data.prepare_workers must be None (one per core) or an int >= 1, got "
+                     f"{workers!r}")
   for key in ("num_workers", "read_threads", "prefetch"):
     if cfg[key] < 0:
       raise ValueError(f"data.{key} must be >= 0, got {cfg[key]}")

@@ -98,7 +98,8 @@ class TfdsSource:
         data_cfg["name"], data_dir=data_cfg["data_dir"], manual_dir=data_cfg["manual_dir"],
         builder_config=data_cfg["builder_config"],
         builder_kwargs=dict(data_cfg["builder_kwargs"]) or None,
-        skip_bad_examples=data_cfg["skip_bad_examples"])
+        skip_bad_examples=data_cfg["skip_bad_examples"],
+        prepare_workers=data_cfg["prepare_workers"])
     features = self.builder.info.features
     # The source fingerprint: a copy prepared again from other files is other data to the caches.
     recorded = self.builder.recorded_source() or {}
@@ -128,7 +129,7 @@ def _tfds_source(frozen_cfg: str) -> TfdsSource:
 def open_source(data_cfg: Mapping[str, Any]) -> DataSource:
   """The TFDS dataset named by ``data_cfg`` (prepared on first use, then reused)."""
   keys = ("name", "data_dir", "manual_dir", "builder_config", "builder_kwargs",
-          "skip_bad_examples")
+          "skip_bad_examples", "prepare_workers")
   return _tfds_source(json.dumps({k: plain(data_cfg[k]) for k in keys}, sort_keys=True))
 
 

@@ -10,18 +10,29 @@ are the official ones.
 
 Builder kwargs are config options (e.g. ``max_size``, ``image_size``, ``masks``); a preparation
 with non-default options lives under its own config name, e.g. ``ph2/default-max_size-256``.
+
+Interrupted preparations: TFDS writes a copy into ``<config>/incomplete.XXXXXX_<version>/`` and
+renames it to ``<config>/<version>/`` as its last step, so the version folder, the only one ever
+read, appears complete or not at all (``source.json`` and ``bad_examples.json`` are written before
+the rename). ``prepare`` holds ``<config>/.prepare.lock`` while it prepares, so a second process
+preparing the same dataset waits and then reuses the copy, and any ``incomplete.*`` folder it finds
+was left by a preparation that was killed: it is removed and the preparation starts again.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import constants as tfds_constants
 
 from flaxderm.data.builders import common
 from flaxderm.data.builders.ddi import Ddi
@@ -62,8 +73,8 @@ def check_manual_dir(name: str, manual_dir: str | os.PathLike | None) -> None:
 
 def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
             manual_dir: str | os.PathLike | None = None, builder_config: str | None = None,
-            builder_kwargs: Mapping[str, Any] | None = None,
-            skip_bad_examples: bool = False) -> tfds.core.DatasetBuilder:
+            builder_kwargs: Mapping[str, Any] | None = None, skip_bad_examples: bool = False,
+            prepare_workers: int | None = None) -> tfds.core.DatasetBuilder:
   """Builds dataset ``name`` (once; a prepared copy is reused) and returns its builder.
 
   A prepared copy is reused only for the files it was prepared from: with a ``manual_dir``, its
@@ -81,6 +92,8 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
     skip_bad_examples: leave out bad examples (listed in ``bad_examples.json`` next to the
       data) instead of stopping at the first. A copy prepared that way is refused later without
       this flag when it did skip examples, so the flag's meaning never depends on history.
+    prepare_workers: processes that read and encode the images (None: one per core); the
+      prepared copy does not depend on it.
   """
   check_manual_dir(name, manual_dir)
   cls = BUILDERS[name]
@@ -88,22 +101,30 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
 
   def make_builder() -> common.Builder:
     return cls(data_dir=os.fspath(data_dir or default_data_dir()), config=config,
-               skip_bad_examples=skip_bad_examples)
+               skip_bad_examples=skip_bad_examples, prepare_workers=prepare_workers)
 
-  builder = make_builder()
-  if manual_dir is not None and builder.official_files():
-    wanted = builder.source_record(manual_dir, builder.find_official_files(manual_dir))
-    if builder.is_prepared():
-      recorded = builder.recorded_source()
-      if recorded is None or recorded.get("fingerprint") != wanted["fingerprint"]:
-        log.warning("%s in %s: %s; preparing it again from %s", builder.info.full_name,
-                    builder.data_dir, _stale_reason(recorded, wanted), wanted["manual_dir"])
-        shutil.rmtree(os.fspath(builder.data_path))
-        builder = make_builder()
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(manual_dir) if manual_dir else None, try_download_gcs=False))
+  config_dir = Path(os.fspath(make_builder().data_path)).parent
+  with _preparing(config_dir):
+    builder = make_builder()  # made after the wait: another process may have prepared it
+    data_path = Path(os.fspath(builder.data_path))
+    if data_path.exists() and not builder.is_prepared():
+      log.warning("%s: %s holds no complete copy (no dataset info); preparing it again",
+                  builder.info.full_name, data_path)
+      _discard(data_path)
+      builder = make_builder()
+    if manual_dir is not None and builder.official_files():
+      wanted = builder.source_record(manual_dir, builder.find_official_files(manual_dir))
+      if builder.is_prepared():
+        recorded = builder.recorded_source()
+        if recorded is None or recorded.get("fingerprint") != wanted["fingerprint"]:
+          log.warning("%s in %s: %s; preparing it again from %s", builder.info.full_name,
+                      builder.data_dir, _stale_reason(recorded, wanted), wanted["manual_dir"])
+          _discard(data_path)
+          builder = make_builder()
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir) if manual_dir else None, try_download_gcs=False))
   report = Path(os.fspath(builder.data_path)) / common.REPORT_NAME
   skipped = json.loads(report.read_text())["num_skipped"] if report.exists() else 0
   if skipped and not skip_bad_examples:
@@ -111,6 +132,35 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None,
                      f"{skipped} bad examples (see {report}); pass skip_bad_examples=True to use "
                      "it, or delete it to prepare again")
   return builder
+
+
+@contextlib.contextmanager
+def _preparing(config_dir: Path) -> Iterator[None]:
+  """Holds ``config_dir/.prepare.lock`` (waiting while another process prepares this config) and
+  removes the ``incomplete.*`` folders that killed preparations left. The kernel releases the
+  lock of a process that ends in any way, ``kill -9`` included."""
+  config_dir.mkdir(parents=True, exist_ok=True)
+  with open(config_dir / ".prepare.lock", "w") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      log.warning("%s: another process is preparing this dataset; waiting for it", config_dir)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    unfinished = sorted(config_dir.glob(tfds_constants.INCOMPLETE_PREFIX + "*"))
+    if unfinished:
+      log.warning("%s: removing %d unfinished preparation(s) of a process that was killed: %s",
+                  config_dir, len(unfinished), [p.name for p in unfinished])
+      for path in unfinished:
+        shutil.rmtree(path)
+    yield
+
+
+def _discard(data_path: Path) -> None:
+  """Removes a prepared copy; renamed first, so an interrupted removal leaves a folder that the
+  next preparation removes (``_preparing``), never a partial copy under the version's name."""
+  trash = data_path.with_name(f"{tfds_constants.INCOMPLETE_PREFIX}discarded_{uuid.uuid4().hex}")
+  data_path.rename(trash)
+  shutil.rmtree(trash)
 
 
 def _stale_reason(recorded: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> str:

@@ -8,7 +8,8 @@
 * The source record (``source.json`` next to the prepared data): the manual directory and a
   fingerprint of the official files read (paths, sizes, mtimes) and of the builder config, so a
   prepared copy is only reused for the files it was prepared from.
-* Reading and checking images and masks, and downscaling them (``max_size``).
+* Reading and checking images and masks, and downscaling them (``max_size``), in
+  ``prepare_workers`` processes (``map_in_order``) whose results are written in the official order.
 * Bad-example accounting: a bad example (missing or undecodable file, mask of the wrong size or
   not binary, unknown class, a clinical value that does not parse, ...) stops preparation with a
   ValueError naming the file and the problem, or with ``skip_bad_examples=True`` is left out,
@@ -25,16 +26,22 @@ TensorFlow (nor lets it touch a GPU).
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import csv
 import dataclasses
+import functools
 import hashlib
 import inspect
 import io
 import json
 import logging
+import multiprocessing
 import os
 import re
-from collections.abc import Collection, Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,6 +68,15 @@ _QUOTED_PROBLEMS = 5
 MASK_TOLERANCE = 32
 MASK_MAX_AMBIGUOUS = 0.01
 
+# Examples read ahead per preparation process: enough to keep every process busy while the
+# writer catches up, few enough that memory does not grow with the dataset.
+IN_FLIGHT_PER_WORKER = 4
+# TFDS keeps examples in the order of their integer keys (disable_shuffling) and, once a split
+# passes 1 GB, sorts them into disk buckets by key / KEY_SPACE, reading one bucket at a time when it
+# writes the shards. Keys spread over the whole range keep those buckets small; keys 0, 1, 2, ...
+# would all land in the first bucket, read back into memory at once.
+KEY_SPACE = 2 ** 128
+
 
 class BadExample(Exception):
   """One example cannot be used; ``file`` is the file at fault."""
@@ -69,6 +85,9 @@ class BadExample(Exception):
     super().__init__(f"{file}: {problem}")
     self.file = str(file)
     self.problem = problem
+
+  def __reduce__(self):  # it travels back from the preparation processes
+    return BadExample, (self.file, self.problem)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,12 +245,30 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init_subclass__(**kwargs)
     clinical.check_fields(cls.CLINICAL_FIELDS, cls.__name__)
 
-  def __init__(self, *, skip_bad_examples: bool = False, **kwargs):
+  def __init__(self, *, skip_bad_examples: bool = False, prepare_workers: int | None = None,
+               **kwargs):
+    """``prepare_workers``: processes that read, downscale and encode the images while the
+    dataset is prepared (None: one per core; 1: this process only). The prepared records do not
+    depend on it."""
+    if prepare_workers is not None and (isinstance(prepare_workers, bool) or
+                                        not isinstance(prepare_workers, int) or
+                                        prepare_workers < 1):
+      raise ValueError(f"prepare_workers must be None (one per core) or an int >= 1, got "
+                       f"{prepare_workers!r}")
     self.skip_bad_examples = skip_bad_examples
+    self.prepare_workers = prepare_workers or available_cores()
     self._bad: list[dict[str, str]] = []
     self._left_out: dict[str, int] = {}
     self._source: dict[str, Any] = {}
     super().__init__(**kwargs)
+
+  def __getstate__(self):
+    # Grain worker processes get the data source pickled. TFDS accepts a predefined config only
+    # as the class's own object (configs compare by identity), so one travels by its name.
+    state = dict(super().__getstate__()["_original_state"])
+    if any(state.get("config") is c for c in self.BUILDER_CONFIGS):
+      state["config"] = state["config"].name
+    return {"_original_state": state}
 
   @classmethod
   def resolve_config(cls, name: str | None, overrides: Mapping[str, Any] | None) -> Config:
@@ -414,24 +451,17 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise ValueError(f"{self.name}: no usable {split} example among {len(sources)}")
     return [s for s, _ in good]
 
-  def _generate_examples(self, split: str, sources: Sequence[Source]) -> Iterator[tuple[str, dict]]:
-    max_size = self.builder_config.max_size
-    names = self.class_names()
-    for s in sources:
-      try:
-        image, original, stored = read_image(s.image, max_size=max_size,
-                                             encoding=self.IMAGE_FORMAT)
-        example = {"image": image, "id": s.id, "group": s.group or s.id}
-        example.update({name: s.clinical.get(name, clinical.missing(clinical.FIELDS[name].kind))
-                        for name in self.CLINICAL_FIELDS})
-        if self.has_mask():
-          example["mask"] = encode_png(read_mask(s.mask, image_size=original, size=stored))
-      except BadExample as bad:
-        self._skip(split, s.id, bad)
+  def _generate_examples(self, split: str, sources: Sequence[Source]) -> Iterator[tuple[int, dict]]:
+    read = functools.partial(
+        read_example, max_size=self.builder_config.max_size, encoding=self.IMAGE_FORMAT,
+        with_mask=self.has_mask(), clinical_fields=self.CLINICAL_FIELDS,
+        class_names=self.class_names())
+    workers = min(self.prepare_workers, len(sources))
+    for i, (s, example) in enumerate(zip(sources, map_in_order(read, sources, workers))):
+      if isinstance(example, BadExample):
+        self._skip(split, s.id, example)
         continue
-      if names:
-        example["label"] = names.index(s.label)
-      yield s.id, example
+      yield i * (KEY_SPACE // len(sources)), example
 
   def _locate(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Path | None]:
     """Paths of the ``official_files`` under the manual directory; with no manual directory and
@@ -451,6 +481,63 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._source = {"manual_dir": None, "downloaded": sorted(urls.values())}
     return {name: _in_download(Path(os.fspath(fetched[name])), name) if name in fetched else None
             for name in wanted}
+
+
+def read_example(s: Source, *, max_size: int, encoding: str, with_mask: bool,
+                 clinical_fields: Sequence[str], class_names: Sequence[str]
+                 ) -> dict[str, Any] | BadExample:
+  """The record of source ``s`` (image downscaled to ``max_size`` and encoded), or the BadExample
+  it is (returned, not raised: it is accounted for in the order of the sources)."""
+  try:
+    image, original, stored = read_image(s.image, max_size=max_size, encoding=encoding)
+    example = {"image": image, "id": s.id, "group": s.group or s.id}
+    example.update({name: s.clinical.get(name, clinical.missing(clinical.FIELDS[name].kind))
+                    for name in clinical_fields})
+    if with_mask:
+      example["mask"] = encode_png(read_mask(s.mask, image_size=original, size=stored))
+  except BadExample as bad:
+    return bad
+  if class_names:
+    example["label"] = class_names.index(s.label)
+  return example
+
+
+def available_cores() -> int:
+  """Cores this process may run on (its CPU affinity where the OS has one)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def map_in_order(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+  """``fn(item)`` for each item, in order: in this process when ``workers`` is 1, else in
+  ``workers`` processes with at most ``IN_FLIGHT_PER_WORKER`` items each in flight, so memory stays
+  flat however many items there are.
+
+  The processes are spawned, not forked: a forked copy of a process running JAX or grain threads
+  can deadlock. Each watches its parent and exits when the parent is gone (killed), so a killed
+  preparation leaves no processes behind.
+  """
+  if workers == 1:
+    yield from map(fn, items)
+    return
+  pending = collections.deque()
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
+      initargs=(os.getpid(),)) as pool:
+    for item in items:
+      pending.append(pool.submit(fn, item))
+      if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+
+
+def _exit_with_parent(parent: int) -> None:
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1)
+    os._exit(1)  # pylint: disable=protected-access  (no clean-up to run: the parent is gone)
+
+  threading.Thread(target=watch, daemon=True).start()
 
 
 def _quote(problems: Sequence[Mapping[str, str]]) -> str:

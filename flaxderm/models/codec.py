@@ -40,7 +40,7 @@ this implementation chose:
 7. Normalisation and activation are not mentioned: every conv but the last is conv-norm-ReLU
    (``norm`` "batch" by default), as in the DeepLab family the design comes from.
 
-Parameters (see tests/test_segmentation_models.py): at equal width the codec has ~3x fewer than the
+Parameters (see tests/models/test_segmentation_models.py): at equal width the codec has ~3x fewer than the
 original U-Net (depth 4), in line with the paper's "about 1/3" for separable convs.
 """
 from __future__ import annotations

@@ -166,7 +166,7 @@ TORCHVISION_URL = "https://download.pytorch.org/models"
 
 # Family files register their tags beside their modules with these (values checked against
 # torchvision 0.29's weight enums and timm 1.0's pretrained configs by
-# tests/test_parity.py::test_tag_preprocessing_matches_libraries).
+# tests/models/test_parity.py::test_tag_preprocessing_matches_libraries).
 def torchvision_tag(name: str, arch: str, filename: str) -> WeightTag:
   """A torchvision download (``TORCHVISION_URL/filename``), ImageNet mean/std."""
   url = f"{TORCHVISION_URL}/{filename}"

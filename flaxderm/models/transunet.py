@@ -28,7 +28,7 @@ and the SETR / ViTDet feature pyramids:
   stride 16), its 3x3 segmentation head, optional ``decoder_attention`` and auxiliary head (on the
   ViT's deepest map, i.e. the pooled tokens).
 
-Parameters at ``img_size`` 256, 1 class, default neck and decoder (tests/test_hybrids.py pins
+Parameters at ``img_size`` 256, 1 class, default neck and decoder (tests/models/test_hybrids.py pins
 them): vit_tiny 11,536,017 (encoder 5,535,936), vit_small 27,873,105 (encoder 21,688,704),
 vit_base 92,397,777 (encoder 85,844,736); the neck and decoder add 6.0-6.6M. Each encoder is
 timm's ViT without its head, its position embedding holding 257 rather than 197 tokens.

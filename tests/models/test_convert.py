@@ -3,7 +3,7 @@ model, heads and encoders, size adaptation, tags, bad files, and the fine-tuning
 
 Checkpoints here are made by ``convert.to_state_dict`` from random variables and saved with
 safetensors, so most tests need no torch; the ones reading PyTorch pickles are marked ``torch``.
-Parity with timm/smp/torchvision is tests/test_parity.py.
+Parity with timm/smp/torchvision is tests/models/test_parity.py.
 """
 from __future__ import annotations
 

@@ -323,7 +323,7 @@ def test_eval_processes_get_equal_batch_counts():
 
 def reference_is_validation():
   """The reference runs' own rule when ../shared/reference is present, else its formula."""
-  path = Path(__file__).resolve().parents[2] / "shared" / "reference" / "common.py"
+  path = Path(__file__).resolve().parents[3] / "shared" / "reference" / "common.py"
   if path.exists():
     spec = importlib.util.spec_from_file_location("reference_common", path)
     module = importlib.util.module_from_spec(spec)

@@ -87,7 +87,7 @@ def test_tiny_model_train_eval_and_encoder(build):
                                       zip((2, 4, 8, 16, 32), model.feature_channels)]
   pooled = jax.eval_shape(model.clone(num_classes=0).apply, variables, x)
   assert pooled.shape == (2, model.feature_channels[-1])
-  # bfloat16 compute for every registered variant is covered by tests/test_models.py.
+  # bfloat16 compute for every registered variant is covered by tests/models/test_models.py.
 
 
 def test_vit_position_embedding_is_resampled_for_other_sizes():

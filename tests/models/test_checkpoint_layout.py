@@ -16,7 +16,7 @@ from flaxderm.models import create_model, list_models, model_entry
 from flaxderm.train import config as config_lib
 from flaxderm.train import setup
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent / "fixtures"
 # name -> {"sha256" of the sorted (path, shape) leaves of its variables, "leaves", input "size"},
 # for create_model(name, num_classes=3) at commit 940d636.
 RECORDED = json.loads((DATA / "param_trees_940d636.json").read_text())

@@ -212,7 +212,7 @@ def test_isic_task3_columns_and_postprocessing():
 
 
 def test_readme_examples_run(segmentation_run, tmp_path, monkeypatch):
-  readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+  readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
   section = readme[readme.index("## Applying a trained run"):]
   snippet = section[section.index("```python\n") + 10:section.index("```", section.index(
       "```python\n") + 10)]

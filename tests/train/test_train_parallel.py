@@ -24,7 +24,7 @@ from flaxderm.data import pipeline
 from flaxderm.train import loop
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A run whose global batches do not depend on how they are split: no shuffling, no augmentation,
 # a constant learning rate (so a resumed run with more steps follows the same schedule), and SGD,

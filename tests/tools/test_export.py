@@ -152,16 +152,12 @@ def test_a_layer_the_format_cannot_express_is_named(tmp_path):
 
 
 def test_export_command(runs, tmp_path, capsys):
-  import sys  # pylint: disable=g-import-not-at-top
-  from pathlib import Path  # pylint: disable=g-import-not-at-top
-
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-  from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+  from flaxderm import cli  # pylint: disable=g-import-not-at-top
 
   out = tmp_path / "unet.onnx"
   assert cli.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
-                      "--out", str(out)]) == 0
+                   "--out", str(out)]) == 0
   assert "exported unet (onnx" in capsys.readouterr().out and out.is_file()
   assert cli.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
-                      "--out", str(out)]) == 1
+                   "--out", str(out)]) == 1
   assert "--overwrite" in capsys.readouterr().err

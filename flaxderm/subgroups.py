@@ -24,7 +24,8 @@ the groups' sizes in clusters); one resample of every group gives one value of t
 numbers, whose intervals come from the same resamples:
 
 * ``gap``: per metric, the best group's value minus the worst group's (worst: lowest, or highest
-  for ``LOWER_IS_BETTER`` metrics), with both named;
+  for ``LOWER_IS_BETTER`` metrics), with both named. A largest-minus-smallest is biased upward
+  on resamples (noise only widens it), so its interval reaches higher than its value does;
 * ``equalized_odds_difference`` of the malignant-vs-benign decision (Hardt et al. 2016; the
   definition of fairlearn's ``equalized_odds_difference``): the larger of the spread over groups
   of the true-positive rate (sensitivity) and of the false-positive rate (1 - specificity).

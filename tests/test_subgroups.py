@@ -1,13 +1,30 @@
 """The subgroup audit (issue 33): per-group metrics and the equalized-odds difference against
-fairlearn, the cluster bootstrap's coverage in simulation, the groups of a field, and the
-malignant classes of each dataset."""
+fairlearn, the cluster bootstrap's coverage in simulation, the groups of a field, the malignant
+classes of each dataset; then ``evaluate --by`` (and ``report``) on tiny runs trained on fakes of
+the ISIC 2018 Task 3 (a cross-validation run) and PAD-UFES-20 layouts (checkpoint selection by
+the worst group)."""
 from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from flaxderm import cli
 from flaxderm import metrics as metrics_lib
 from flaxderm import subgroups
+from flaxderm.tools import crossval
+from flaxderm.tools import evaluate as evaluate_lib
+from flaxderm.tools import report
+from flaxderm.train import config as config_lib
+from flaxderm.train import loop
+from flaxderm.train import scoring
+from flaxderm.train import setup
+from test_builders import write_csv, write_image
+from test_clinical_builders import PAD_COLUMNS
+from tiny_runs import tiny_config
 
 fairlearn_metrics = pytest.importorskip("fairlearn.metrics")
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -200,3 +217,190 @@ def test_malignant_classes_name_classes_of_each_dataset():
                                                                                "SCC")
   assert subgroups.malignant_classes("ham10000", ham10000.PAPER001_CLASSES) == ("mel",)
   assert subgroups.malignant_classes("somewhere_else", ("a", "b")) == ()
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate --by on runs trained on tiny fakes of the ISIC 2018 Task 3 and PAD-UFES-20 layouts.
+
+ISIC_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
+SEXES = ("male", "female", "unknown")
+
+
+def write_isic2018_task3(root: Path, images: int = 40) -> list[list[str]]:
+  """The Task 3 test part in its HAM-style release: 40 images of 28 lesions."""
+  rng = np.random.default_rng(0)
+  classes = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+  rows = [[f"HAMTEST_{i * 7 // 10:07d}", f"ISIC_{34525 + i:07d}", classes[i % 7], "histo",
+           str(rng.choice([20.0, 35.0, 50.0, 65.0, 80.0])) if i % 9 else "",
+           SEXES[i % 3 if i % 5 else 1], rng.choice(["back", "face", "lower extremity"]),
+           rng.choice(["rosendahl", "vidir_modern"])] for i in range(images)]
+  write_csv(root / "ISIC2018_Task3_Test_GroundTruth.csv", ISIC_COLUMNS, rows)
+  for i, row in enumerate(rows):
+    write_image(root / "ISIC2018_Task3_Test_Input" / f"{row[1]}.jpg", seed=i)
+  return rows
+
+
+def write_pad_ufes20(root: Path, images: int = 40) -> list[dict[str, str]]:
+  """metadata.csv and PAT_*.png of 40 images of 25 patients; a patient's answers in every row."""
+  rng = np.random.default_rng(1)
+  rows = []
+  for i in range(images):
+    patient = i * 5 // 8
+    row = dict.fromkeys(PAD_COLUMNS, "")
+    row.update(patient_id=f"PAT_{patient}", lesion_id=str(i), age=str(30 + patient * 2),
+               gender=("MALE", "FEMALE", "")[patient % 3], fitspatrick=f"{patient % 3 + 1}.0",
+               region=rng.choice(["FACE", "BACK", "ARM"]),
+               diagnostic=("ACK", "BCC", "MEL", "NEV", "SCC", "SEK")[i % 6],
+               img_id=f"PAT_{patient}_{i}_0.png", biopsed="True")
+    rows.append(row)
+    write_image(root / "images" / row["img_id"], seed=i)
+  write_csv(root / "metadata.csv", PAD_COLUMNS, [[r[c] for c in PAD_COLUMNS] for r in rows])
+  return rows
+
+
+def tiny_classifier(name: str, manual_dir: Path, source_split: str, **changes):
+  cfg = tiny_config(**{"model.name": "resnet18", "data.task": "classification",
+                       "loss.name": "cross_entropy", "data.name": name,
+                       "data.source_split": source_split, "data.split": "kfold",
+                       "data.num_folds": 2, "num_steps": 2, "eval.every_steps": 2, **changes})
+  cfg.model.kwargs = {"depths": (1, 1, 1, 1)}
+  cfg.data.builder_kwargs = {}
+  cfg.data.manual_dir = str(manual_dir)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def isic_cv_run(tmp_path_factory, private_data_dir):
+  del private_data_dir
+  root = tmp_path_factory.mktemp("isic2018_task3")
+  rows = write_isic2018_task3(root / "manual")
+  crossval.train_folds(tiny_classifier("isic2018_task3", root / "manual", "test"), root / "cv", 2)
+  return root / "cv", rows
+
+
+@pytest.fixture(scope="module")
+def pad_run(tmp_path_factory, private_data_dir):
+  """Fold 0 of 2, its best checkpoint chosen by the worst group of sex."""
+  del private_data_dir
+  root = tmp_path_factory.mktemp("pad_ufes20")
+  rows = write_pad_ufes20(root / "manual")
+  cfg = tiny_classifier("pad_ufes20", root / "manual", "train", num_steps=4,
+                        final_params="best", **{"eval.select_by": "worst_group:sex",
+                                                "eval.select_min_cases": 2})
+  results = loop.train(cfg, root / "run")
+  return root / "run", rows, results
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")  # a 40-image fake of 7 classes
+def test_evaluate_by_pools_the_out_of_fold_cases_of_isic2018_task3(isic_cv_run, capsys):
+  cv, rows = isic_cv_run
+  assert cli.main(["evaluate", "--workdir", str(cv), "--by", "sex,age,site,dataset",
+                   "--min-cases", "4", "--samples", "200", "--age-bands", "0,40,60"]) == 0
+  printed = capsys.readouterr().out
+  assert "subgroups of 40 cases (out-of-fold cases of 2 folds)" in printed
+  assert "equalized-odds difference (malignant vs benign)" in printed
+  json.loads(printed.strip().splitlines()[-1])  # the metrics' JSON line stays last
+
+  cases = read_csv(cv / "evaluation" / "cases.csv")
+  truth = {r[1]: r for r in rows}
+  for case in cases:  # each case carries its lesion and clinical fields, read from the records
+    row = truth[case["id"]]
+    assert case["group"] == row[0] and case["site"] == row[6] and case["dataset"] == row[7]
+    assert case["sex"] == ("" if row[5] == "unknown" else row[5])
+  audited = json.loads((cv / "evaluation" / "subgroups.json").read_text())
+  assert audited["cases"] == 40 and audited["pooled"] == "out-of-fold cases of 2 folds"
+  assert audited["clusters"] == len({r[0] for r in rows})
+  assert audited["malignant_classes"] == ["akiec", "bcc", "mel"]
+  assert audited["metrics"] == list(subgroups.METRICS["classification"])
+  assert audited["age_bands"] == [0, 40, 60] and audited["min_cases"] == 4
+  sex = {g["group"]: g for g in audited["fields"]["sex"]["groups"]}
+  assert {k: g["cases"] for k, g in sex.items()} == {
+      k: sum((r[5] if r[5] != "unknown" else subgroups.MISSING) == k for r in rows)
+      for k in ("female", "male", subgroups.MISSING)}
+  assert [g["group"] for g in audited["fields"]["age"]["groups"]] == [
+      "[0,40)", "[40,60)", "60+", subgroups.MISSING]
+  for field in ("sex", "age", "site", "dataset"):
+    assert sum(g["cases"] for g in audited["fields"][field]["groups"]) == 40
+  # A group's balanced accuracy is scikit-learn's on its rows of the pooled table.
+  female = [c for c in cases if c["sex"] == "female"]
+  assert sex["female"]["metrics"]["balanced_accuracy"]["value"] == pytest.approx(
+      sklearn_metrics.balanced_accuracy_score([c["label"] for c in female],
+                                              [c["prediction"] for c in female]))
+  assert sex["female"]["clusters"] == len({c["group"] for c in female})
+
+  page = report.write_report(cv, cases=1)
+  assert 'src="subgroups.png"' in page.read_text()
+
+
+def test_clinical_fields_never_reach_the_model(isic_cv_run):
+  cv, _ = isic_cv_run
+  data_cfg = setup.eval_data_config(evaluate_lib.run_lib.run_config(cv / "fold_0"))
+  batch = next(iter(scoring.eval_batches(data_cfg, None, 8)))
+  assert set(batch) == {"image", "label", "valid", "id"}
+
+
+def test_audit_errors(isic_cv_run, capsys):
+  cv, _ = isic_cv_run
+  assert cli.main(["evaluate", "--workdir", str(cv), "--by", "fitzpatrick"]) == 1
+  assert "--by fitzpatrick: the cases carry no such field; they carry ['age', 'sex', 'site'," in (
+      capsys.readouterr().err)
+  assert cli.main(["evaluate", "--workdir", str(cv), "--by", "skin"]) == 1  # before scoring
+  assert "--by: clinical fields ['skin'] are not in the vocabulary" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="--min-cases must be >= 1"):
+    evaluate_lib.audit_run(cv, ["sex"], min_cases=0)
+
+
+def test_worst_group_selection_on_pad_ufes20(pad_run, capsys):
+  run, rows, results = pad_run
+  best = results["best"]
+  assert results["select_by"] == "worst_group:sex" and best["select_by"] == "worst_group:sex"
+  worst = best["worst_group"]
+  assert worst["field"] == "sex" and set(worst["groups"]) <= {"female", "male"}
+  assert worst["value"] == min(worst["groups"].values()) == best["value"]
+  assert worst["group"] in worst["groups"]
+  assert best["mean"] == best["metrics"]["accuracy"]  # the mean beside the worst group
+  assert best["metrics"]["worst_group/accuracy"] == worst["value"]
+  logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  checked = [r for r in logged if r["split"] == "validation"]
+  assert len(checked) == 2 and all("worst_group/accuracy" in r for r in checked)
+  assert best["value"] == max(r["worst_group/accuracy"] for r in checked)
+
+  assert cli.main(["evaluate", "--workdir", str(run), "--by", "sex,fitzpatrick,site,age",
+                   "--min-cases", "2", "--samples", "100"]) == 0
+  capsys.readouterr()
+  audited = json.loads((run / "evaluation" / "subgroups.json").read_text())
+  assert audited["malignant_classes"] == ["BCC", "MEL", "SCC"] and audited["pooled"] is None
+  cases = read_csv(run / "evaluation" / "cases.csv")
+  patients = {r["img_id"].removesuffix(".png"): r["patient_id"] for r in rows}
+  assert all(c["group"] == patients[c["id"]] for c in cases)  # resampled by patient
+  assert {g["group"] for g in audited["fields"]["fitzpatrick"]["groups"]} <= {"1", "2", "3"}
+  # The worst sex on the held-out fold is the one the loop saw at the step it kept.
+  sexes = [g["group"] for g in audited["fields"]["sex"]["groups"] if not g["missing"]]
+  accuracy = {k: np.mean([c["label"] == c["prediction"] for c in cases if c["sex"] == k])
+              for k in sexes}
+  assert accuracy == pytest.approx(worst["groups"])
+
+
+def test_select_by_is_validated():
+  for value, message in (("worst:sex", "is not '' or 'worst_group:FIELD'"),
+                         ("worst_group:skin", "clinical fields \\['skin'\\] are not"),
+                         ("worst_group:diameter_1", "a number other than age")):
+    with pytest.raises(ValueError, match=message):
+      config_lib.validate_config(tiny_config(**{"eval.select_by": value}))
+  with pytest.raises(ValueError, match="needs validation data"):
+    config_lib.validate_config(tiny_config(**{"eval.select_by": "worst_group:sex",
+                                              "data.split": "all"}))
+  with pytest.raises(ValueError, match="eval.select_min_cases must be a positive int"):
+    config_lib.validate_config(tiny_config(**{"eval.select_min_cases": 0}))
+
+
+def test_select_by_a_field_the_records_lack(tmp_path, private_data_dir):
+  del private_data_dir
+  with pytest.raises(ValueError, match="records of synthetic_lesions carry no clinical field "
+                                       "'sex'; they carry \\[\\]"):
+    loop.train(tiny_config(**{"eval.select_by": "worst_group:sex"}), tmp_path / "run")

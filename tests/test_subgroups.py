@@ -15,6 +15,9 @@ import pytest
 from flaxderm import cli
 from flaxderm import metrics as metrics_lib
 from flaxderm import subgroups
+from flaxderm.data.builders import (ddi, fitzpatrick17k, ham10000, isic2019, isic2020,
+                                    pad_ufes20, ph2, synthetic)
+from flaxderm.tools import case_table
 from flaxderm.tools import crossval
 from flaxderm.tools import evaluate as evaluate_lib
 from flaxderm.tools import report
@@ -22,9 +25,7 @@ from flaxderm.train import config as config_lib
 from flaxderm.train import loop
 from flaxderm.train import scoring
 from flaxderm.train import setup
-from test_builders import write_csv, write_image
-from test_clinical_builders import PAD_COLUMNS
-from tiny_runs import tiny_config
+from tiny_runs import tiny_config, write_image
 
 fairlearn_metrics = pytest.importorskip("fairlearn.metrics")
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -198,10 +199,6 @@ def test_too_small_groups_and_bad_options():
 
 
 def test_malignant_classes_name_classes_of_each_dataset():
-  # pylint: disable=g-import-not-at-top  (the builders import TensorFlow)
-  from flaxderm.data.builders import (ddi, fitzpatrick17k, ham10000, isic2019, isic2020,
-                                      pad_ufes20, ph2, synthetic)
-
   label_sets = {"ham10000": ham10000.DX_CLASSES, "isic2018_task3": ham10000.DX_CLASSES,
                 "dermamnist": ham10000.DX_CLASSES, "isic2019": isic2019.CLASS_NAMES,
                 "pad_ufes20": pad_ufes20.CLASS_NAMES,
@@ -222,39 +219,49 @@ def test_malignant_classes_name_classes_of_each_dataset():
 # ----------------------------------------------------------------------------------------------
 # evaluate --by on runs trained on tiny fakes of the ISIC 2018 Task 3 and PAD-UFES-20 layouts.
 
-ISIC_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
 SEXES = ("male", "female", "unknown")
 
 
-def write_isic2018_task3(root: Path, images: int = 40) -> list[list[str]]:
+def write_table(path: Path, rows: list[dict[str, str]]) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def write_isic2018_task3(root: Path, images: int = 40) -> list[dict[str, str]]:
   """The Task 3 test part in its HAM-style release: 40 images of 28 lesions."""
   rng = np.random.default_rng(0)
   classes = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-  rows = [[f"HAMTEST_{i * 7 // 10:07d}", f"ISIC_{34525 + i:07d}", classes[i % 7], "histo",
-           str(rng.choice([20.0, 35.0, 50.0, 65.0, 80.0])) if i % 9 else "",
-           SEXES[i % 3 if i % 5 else 1], rng.choice(["back", "face", "lower extremity"]),
-           rng.choice(["rosendahl", "vidir_modern"])] for i in range(images)]
-  write_csv(root / "ISIC2018_Task3_Test_GroundTruth.csv", ISIC_COLUMNS, rows)
+  rows = [{"lesion_id": f"HAMTEST_{i * 7 // 10:07d}", "image_id": f"ISIC_{34525 + i:07d}",
+           "dx": classes[i % 7], "dx_type": "histo",
+           "age": str(rng.choice([20.0, 35.0, 50.0, 65.0, 80.0])) if i % 9 else "",
+           "sex": SEXES[i % 3 if i % 5 else 1],
+           "localization": rng.choice(["back", "face", "lower extremity"]),
+           "dataset": rng.choice(["rosendahl", "vidir_modern"])} for i in range(images)]
+  write_table(root / "ISIC2018_Task3_Test_GroundTruth.csv", rows)
   for i, row in enumerate(rows):
-    write_image(root / "ISIC2018_Task3_Test_Input" / f"{row[1]}.jpg", seed=i)
+    write_image(root / "ISIC2018_Task3_Test_Input" / f"{row['image_id']}.jpg", 30, 40, seed=i)
   return rows
 
 
 def write_pad_ufes20(root: Path, images: int = 40) -> list[dict[str, str]]:
-  """metadata.csv and PAT_*.png of 40 images of 25 patients; a patient's answers in every row."""
+  """metadata.csv (the release's columns) and PAT_*.png of 40 images of 25 patients."""
   rng = np.random.default_rng(1)
+  columns = ["patient_id", "diagnostic", "img_id", *pad_ufes20.CLINICAL_COLUMNS.values()]
   rows = []
   for i in range(images):
     patient = i * 5 // 8
-    row = dict.fromkeys(PAD_COLUMNS, "")
+    row = dict.fromkeys(columns, "")
     row.update(patient_id=f"PAT_{patient}", lesion_id=str(i), age=str(30 + patient * 2),
                gender=("MALE", "FEMALE", "")[patient % 3], fitspatrick=f"{patient % 3 + 1}.0",
                region=rng.choice(["FACE", "BACK", "ARM"]),
-               diagnostic=("ACK", "BCC", "MEL", "NEV", "SCC", "SEK")[i % 6],
-               img_id=f"PAT_{patient}_{i}_0.png", biopsed="True")
+               diagnostic=pad_ufes20.CLASS_NAMES[i % 6], img_id=f"PAT_{patient}_{i}_0.png",
+               biopsed="True")
     rows.append(row)
-    write_image(root / "images" / row["img_id"], seed=i)
-  write_csv(root / "metadata.csv", PAD_COLUMNS, [[r[c] for c in PAD_COLUMNS] for r in rows])
+    write_image(root / "images" / row["img_id"], 30, 40, seed=i)
+  write_table(root / "metadata.csv", rows)
   return rows
 
 
@@ -307,20 +314,21 @@ def test_evaluate_by_pools_the_out_of_fold_cases_of_isic2018_task3(isic_cv_run, 
   json.loads(printed.strip().splitlines()[-1])  # the metrics' JSON line stays last
 
   cases = read_csv(cv / "evaluation" / "cases.csv")
-  truth = {r[1]: r for r in rows}
+  truth = {r["image_id"]: r for r in rows}
   for case in cases:  # each case carries its lesion and clinical fields, read from the records
     row = truth[case["id"]]
-    assert case["group"] == row[0] and case["site"] == row[6] and case["dataset"] == row[7]
-    assert case["sex"] == ("" if row[5] == "unknown" else row[5])
+    assert case["group"] == row["lesion_id"] and case["site"] == row["localization"]
+    assert case["dataset"] == row["dataset"]
+    assert case["sex"] == ("" if row["sex"] == "unknown" else row["sex"])
   audited = json.loads((cv / "evaluation" / "subgroups.json").read_text())
   assert audited["cases"] == 40 and audited["pooled"] == "out-of-fold cases of 2 folds"
-  assert audited["clusters"] == len({r[0] for r in rows})
+  assert audited["clusters"] == len({r["lesion_id"] for r in rows})
   assert audited["malignant_classes"] == ["akiec", "bcc", "mel"]
   assert audited["metrics"] == list(subgroups.METRICS["classification"])
   assert audited["age_bands"] == [0, 40, 60] and audited["min_cases"] == 4
   sex = {g["group"]: g for g in audited["fields"]["sex"]["groups"]}
   assert {k: g["cases"] for k, g in sex.items()} == {
-      k: sum((r[5] if r[5] != "unknown" else subgroups.MISSING) == k for r in rows)
+      k: sum((r["sex"] if r["sex"] != "unknown" else subgroups.MISSING) == k for r in rows)
       for k in ("female", "male", subgroups.MISSING)}
   assert [g["group"] for g in audited["fields"]["age"]["groups"]] == [
       "[0,40)", "[40,60)", "60+", subgroups.MISSING]
@@ -404,3 +412,34 @@ def test_select_by_a_field_the_records_lack(tmp_path, private_data_dir):
   with pytest.raises(ValueError, match="records of synthetic_lesions carry no clinical field "
                                        "'sex'; they carry \\[\\]"):
     loop.train(tiny_config(**{"eval.select_by": "worst_group:sex"}), tmp_path / "run")
+
+
+def test_segmentation_audit_of_a_per_case_table():
+  rng = np.random.default_rng(4)
+  sexes = rng.choice(["female", "male"], size=60)
+  dice = np.where(sexes == "female", 0.85, 0.7) + rng.normal(0, 0.05, size=60)
+  dice[:3] = np.nan  # empty truth: no Dice
+  rows = [{"id": f"c{i}", "dice/per_image": str(d), "jaccard/isic_thresholded": str(d - 0.1),
+           "group": f"lesion{i // 3}", "sex": s} for i, (d, s) in enumerate(zip(dice, sexes))]
+  statistics = case_table.statistics(rows, "segmentation", subgroups.METRICS["segmentation"], ())
+  labels, order = case_table.field_groups(rows, "sex")
+  result = subgroups.audit(statistics, labels, order, [r["group"] for r in rows], samples=200)
+  for group in result["groups"]:
+    chosen = sexes == group["group"]
+    assert group["metrics"]["dice/per_image"]["value"] == pytest.approx(np.nanmean(dice[chosen]))
+  assert result["worst_group"] == "male" and "equalized_odds_difference" not in result
+  assert result["gap"]["dice/per_image"]["value"] == pytest.approx(
+      np.nanmean(dice[sexes == "female"]) - np.nanmean(dice[sexes == "male"]))
+
+
+def test_an_earlier_evaluation_keeps_its_subgroup_audit(tmp_path):
+  out = tmp_path / "evaluation"
+  out.mkdir()
+  earlier = dict.fromkeys(evaluate_lib.SCORING_KEYS, "a")
+  (out / evaluate_lib.METRICS).write_text(json.dumps(earlier))
+  for name in (evaluate_lib.CASES, evaluate_lib.SUBGROUPS):
+    (out / name).write_text("earlier")
+  evaluate_lib._keep_earlier(out, {**earlier, "tta": "flips"})
+  kept = [d for d in out.iterdir() if d.is_dir()]
+  assert len(kept) == 1 and not list(out.glob("*.*"))
+  assert (kept[0] / evaluate_lib.SUBGROUPS).read_text() == "earlier"

@@ -204,8 +204,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "balanced_accuracy (classification)")
   parser.add_argument("--samples", type=int, default=10000, help="bootstrap resamples")
   parser.add_argument("--seed", type=int, default=0)
-  case_table.add_group_arguments(parser, by_help="compare within each group of this clinical field (sex, "
-                      "age, site, fitzpatrick, ...)")
+  case_table.add_group_arguments(
+      parser, by_help="compare within each group of this clinical field (sex, age, site, ...)")
 
 
 def main(args: argparse.Namespace) -> None:

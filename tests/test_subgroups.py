@@ -222,14 +222,6 @@ def test_malignant_classes_name_classes_of_each_dataset():
 SEXES = ("male", "female", "unknown")
 
 
-def write_table(path: Path, rows: list[dict[str, str]]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-
-
 def write_isic2018_task3(root: Path, images: int = 40) -> list[dict[str, str]]:
   """The Task 3 test part in its HAM-style release: 40 images of 28 lesions."""
   rng = np.random.default_rng(0)
@@ -240,7 +232,7 @@ def write_isic2018_task3(root: Path, images: int = 40) -> list[dict[str, str]]:
            "sex": SEXES[i % 3 if i % 5 else 1],
            "localization": rng.choice(["back", "face", "lower extremity"]),
            "dataset": rng.choice(["rosendahl", "vidir_modern"])} for i in range(images)]
-  write_table(root / "ISIC2018_Task3_Test_GroundTruth.csv", rows)
+  evaluate_lib.write_cases(root / "ISIC2018_Task3_Test_GroundTruth.csv", rows)
   for i, row in enumerate(rows):
     write_image(root / "ISIC2018_Task3_Test_Input" / f"{row['image_id']}.jpg", 30, 40, seed=i)
   return rows
@@ -261,7 +253,7 @@ def write_pad_ufes20(root: Path, images: int = 40) -> list[dict[str, str]]:
                biopsed="True")
     rows.append(row)
     write_image(root / "images" / row["img_id"], 30, 40, seed=i)
-  write_table(root / "metadata.csv", rows)
+  evaluate_lib.write_cases(root / "metadata.csv", rows)
   return rows
 
 

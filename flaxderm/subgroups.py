@@ -269,7 +269,7 @@ def cluster_weights(codes: np.ndarray, samples: int, rng: np.random.Generator,
   clusters of ``codes`` (``cluster_codes``) drawn C times with replacement, each case weighted by
   how often its cluster was drawn. One cluster per case resamples the cases."""
   codes = np.asarray(codes)
-  count = int(codes.max()) + 1 if codes.size else 0
+  count = int(codes.max()) + 1
   for start in range(0, samples, chunk):
     draws = rng.multinomial(count, np.full(count, 1 / count), size=min(chunk, samples - start))
     yield draws[:, codes]

@@ -525,12 +525,17 @@ def _calibration_inputs(fn: str, probabilities, labels
   return confidence, hit, p, y
 
 
+def bin_index(confidence: np.ndarray, edges: np.ndarray) -> np.ndarray:
+  """The bin ``b`` of each confidence, ``edges[b] <= c < edges[b + 1]`` (the last bin closed):
+  numpy's ``histogram`` rule, which netcal's binning follows."""
+  return np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, len(edges) - 2)
+
+
 def _binned(confidence: np.ndarray, hit: np.ndarray, edges: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(mean confidence, accuracy, count) per bin ``[edges[b], edges[b + 1])`` (the last bin closed),
-  NaN in an empty bin: numpy's ``histogram`` rule, which netcal's binning follows."""
+  """(mean confidence, accuracy, count) per bin of ``bin_index``, NaN in an empty bin."""
   num_bins = len(edges) - 1
-  index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, num_bins - 1)
+  index = bin_index(confidence, edges)
   count = np.bincount(index, minlength=num_bins)
   with np.errstate(invalid="ignore", divide="ignore"):
     mean_confidence = np.bincount(index, confidence, num_bins) / count

@@ -17,12 +17,13 @@ ALLOWED = {
     "models": {"models"},
     "losses": {"losses"},
     "metrics": {"metrics"},
+    "subgroups": {"subgroups", "metrics"},
     "data": {"data"},
     "attribution": {"attribution", "models"},
-    "train": {"train", "models", "data", "losses", "metrics"},
+    "train": {"train", "models", "data", "losses", "metrics", "subgroups"},
     "experiments": {"experiments", "train"},
-    "tools": {"tools", "train", "models", "data", "losses", "metrics", "attribution",
-              "experiments"},
+    "tools": {"tools", "train", "models", "data", "losses", "metrics", "subgroups",
+              "attribution", "experiments"},
     "cli": {"cli", "tools"},
 }
 

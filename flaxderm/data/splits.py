@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from flaxderm.data import clinical
 from flaxderm.data import sources
 
 # data.split: "official" = the dataset's own splits; "hashed" = is_validation() on `group` inside
@@ -113,6 +114,14 @@ SPLIT_KEYS = ("split", "source_split", "num_folds", "fold", "split_seed", "train
               "eval_split")
 
 
+def _split_records(cfg: Mapping[str, Any], name: str) -> list[sources.Record]:
+  """The records of split ``name``, in order."""
+  source = sources.open_source(cfg)
+  base, indices = resolve_split(source, cfg, name)
+  records = source.split(base)
+  return [records[int(i)] for i in indices]
+
+
 def split_groups(cfg: Mapping[str, Any], name: str) -> list[str]:
   """The group (lesion key) of every record of split ``name`` (e.g. the lesions of a k-fold
   validation part, for another program to train on the same fold)."""
@@ -124,7 +133,21 @@ def split_groups(cfg: Mapping[str, Any], name: str) -> list[str]:
 
 def split_ids(cfg: Mapping[str, Any], name: str) -> list[str]:
   """The case id of every record of split ``name`` (e.g. the cases a run trained on)."""
-  source = sources.open_source(cfg)
-  base, indices = resolve_split(source, cfg, name)
-  records = source.split(base)
-  return [sources.record_text(records[int(i)]["id"]) for i in indices]
+  return [sources.record_text(r["id"]) for r in _split_records(cfg, name)]
+
+
+def split_fields(cfg: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]]:
+  """Case id -> its ``group`` (the grouping unit: lesion or patient; the id when the records have
+  none) and the clinical fields its record carries (``flaxderm.data.clinical``: numbers as float,
+  NaN when missing; text as str), for every record of split ``name``: what a subgroup audit
+  slices by, read beside the scores and never given to a model."""
+  fields = {}
+  for record in _split_records(cfg, name):
+    values = {"group": sources.record_text(record["group"] if "group" in record
+                                           else record["id"])}
+    for field, spec in clinical.FIELDS.items():
+      if field in record:
+        values[field] = (float(record[field]) if spec.kind == clinical.NUMBER
+                         else sources.record_text(record[field]))
+    fields[sources.record_text(record["id"])] = values
+  return fields

@@ -1,21 +1,30 @@
 """Two runs scored on the same cases: is B better than A? A paired bootstrap over the cases::
 
     python launch.py compare RUN_A RUN_B [--manual-dir DIR] [--metric KEY] [--samples 10000]
-        [--seed 0]
+        [--seed 0] [--by FIELD [--age-bands 0,30,45,60,75] [--min-cases 10]]
 
 reads each run's per-case table ``RUN/evaluation/cases.csv`` (written by ``launch.py evaluate``;
 with ``--manual-dir`` a run is scored on that dataset first when its table is missing or was
-scored on another one), pairs the rows by case id, and resamples the cases with replacement
-``--samples`` times (the same resample for both runs, so what the cases share cancels; Efron &
-Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 16). On each resample the headline
-metric of both runs is recomputed from the per-case rows -- segmentation: the mean over cases of
-a per-case column (default ``dice/per_image``; cases where it is undefined, NaN, are left out);
-classification: ``balanced_accuracy`` (default) or ``accuracy`` of the per-case predictions --
-and the difference B - A is kept. It prints a small table, then one JSON line: both values, the
-difference, its 95% percentile interval and a two-sided p-value for "no difference",
-``p = min(1, 2 min(#(d* <= 0) + 1, #(d* >= 0) + 1) / (samples + 1))`` over the resampled
-differences d*, the test the percentile interval inverts (p < 0.05 about when the interval
-excludes 0).
+scored on another one), pairs the rows by case id, and resamples the cases' clusters -- the
+split's grouping unit, lesion or patient, in the table's ``group`` column (each case its own when
+the table has none) -- with replacement ``--samples`` times (the same resample for both runs, so
+what the cases share cancels; Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch.
+16; ``flaxderm.subgroups.cluster_weights``). On each resample the headline metric of both runs is
+recomputed from the per-case rows -- segmentation: the mean over cases of a per-case column
+(default ``dice/per_image``; cases where it is undefined, NaN, are left out); classification:
+``balanced_accuracy`` (default), ``accuracy``, ``auc/macro_ovr`` or ``ece`` of the per-case
+predictions and probabilities -- and the difference B - A is kept. It prints a small table, then
+one JSON line: both values, the difference, its 95% percentile interval and a two-sided p-value
+for "no difference", ``p = min(1, 2 min(#(d* <= 0) + 1, #(d* >= 0) + 1) / (samples + 1))`` over
+the resampled differences d*, the test the percentile interval inverts (p < 0.05 about when the
+interval excludes 0).
+
+``--by FIELD`` (a clinical field of the cases, ``flaxderm.data.clinical``; ages in the bands
+``--age-bands``) does the same within each group of the field -- "the metadata model narrows the
+gap for women" becomes a claim with an interval -- printing one row per group and one JSON line
+``{"by", "run_a", "run_b", "metric", "min_cases", "age_bands", "groups": [{"group", "cases",
+"scored", and the fields above when scored}]}``; a group of fewer than ``--min-cases`` cases is
+reported, not compared.
 """
 from __future__ import annotations
 
@@ -29,11 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from flaxderm import subgroups
+from flaxderm.tools import case_table
+
 CASES = Path("evaluation") / "cases.csv"
 METRICS_FILE = Path("evaluation") / "metrics.json"
 HEADLINE = {"segmentation": "dice/per_image", "classification": "balanced_accuracy"}
-CLASSIFICATION_METRICS = ("balanced_accuracy", "accuracy")
-CHUNK = 1000  # resamples drawn and scored at once: bounds the (chunk, cases) weight matrix
 
 
 def _task(rows: Sequence[dict[str, str]], path: Path) -> str:
@@ -89,37 +99,9 @@ def _paired(rows_a: list[dict[str, str]], rows_b: list[dict[str, str]], names: t
   return [tables[0][i] for i in order], [tables[1][i] for i in order]
 
 
-def _statistic(rows: list[dict[str, str]], task: str, metric: str, classes: list[str]):
-  """``weights (S, N) -> (S,)``: the metric of the rows with case i counted ``weights[:, i]``
-  times (a bootstrap resample, or all ones for the observed value)."""
-  if task == "segmentation":
-    if metric not in rows[0] or metric == "id":
-      columns = [k for k in rows[0] if k not in ("id", "fold")]
-      raise ValueError(f"--metric {metric!r}: not a per-case column; expected one of {columns}")
-    values = np.array([float(row[metric]) for row in rows])
-    defined = ~np.isnan(values)
-    values = np.where(defined, values, 0.0)
-
-    def mean(w):
-      with np.errstate(invalid="ignore"):  # NaN: a resample without a defined case
-        return (w @ values) / (w @ defined)
-
-    return mean
-  if metric not in CLASSIFICATION_METRICS:
-    raise ValueError(f"--metric {metric!r}: for classification one of {CLASSIFICATION_METRICS}")
-  truth = np.array([classes.index(row["label"]) for row in rows])
-  correct = np.array([row["label"] == row["prediction"] for row in rows], np.float64)
-  if metric == "accuracy":
-    return lambda w: (w @ correct) / w.sum(axis=1)
-  one_hot = np.eye(len(classes))[truth]
-
-  def balanced_accuracy(w):
-    support, hits = w @ one_hot, w @ (one_hot * correct[:, None])
-    present = support > 0
-    recall = np.divide(hits, support, out=np.zeros_like(hits), where=present)
-    return recall.sum(axis=1) / present.sum(axis=1)  # sklearn: over classes in the truth
-
-  return balanced_accuracy
+def _statistic(rows: list[dict[str, str]], task: str, metric: str, classes: list[str]
+               ) -> subgroups.Statistic:
+  return case_table.statistics(rows, task, (metric,), classes)[metric]
 
 
 def paired_bootstrap(rows_a: list[dict[str, str]], rows_b: list[dict[str, str]], *,
@@ -137,22 +119,45 @@ def paired_bootstrap(rows_a: list[dict[str, str]], rows_b: list[dict[str, str]],
                    if task == "classification" else set())
   stat_a, stat_b = (_statistic(rows, task, metric, classes) for rows in (rows_a, rows_b))
   n = len(rows_a)
+  clusters = (subgroups.cluster_codes([row["group"] for row in rows_a]) if "group" in rows_a[0]
+              else np.arange(n))
   observed = np.ones((1, n))
   value_a, value_b = float(stat_a(observed)[0]), float(stat_b(observed)[0])
   rng = np.random.default_rng(seed)
-  differences = []
-  for start in range(0, samples, CHUNK):
-    weights = rng.multinomial(n, np.full(n, 1 / n), size=min(CHUNK, samples - start))
-    differences.append(stat_b(weights) - stat_a(weights))
-  d = np.concatenate(differences)
+  d = np.concatenate([stat_b(weights) - stat_a(weights)
+                      for weights in subgroups.cluster_weights(clusters, samples, rng)])
   d = d[~np.isnan(d)]  # a resample without any case where the metric is defined
   if not len(d):
     raise ValueError(f"{metric} is undefined on every case")
-  low, high = np.percentile(d, [2.5, 97.5])
   p_value = min(1.0, 2 * (min(np.sum(d <= 0), np.sum(d >= 0)) + 1) / (len(d) + 1))
   return {"metric": metric, "task": task, "run_a": names[0], "run_b": names[1], "a": value_a,
-          "b": value_b, "difference": value_b - value_a, "ci95": [float(low), float(high)],
-          "p_value": float(p_value), "cases": n, "samples": int(len(d)), "seed": seed}
+          "b": value_b, "difference": value_b - value_a, "ci95": subgroups.percentile_interval(d),
+          "p_value": float(p_value), "cases": n, "clusters": int(clusters.max()) + 1,
+          "samples": int(len(d)), "seed": seed}
+
+
+def paired_bootstrap_by(rows_a: list[dict[str, str]], rows_b: list[dict[str, str]], field: str,
+                        *, age_bands: Sequence[float] = subgroups.AGE_BANDS,
+                        min_cases: int = subgroups.MIN_CASES, names: tuple[str, str] = ("A", "B"),
+                        **options) -> dict[str, Any]:
+  """``paired_bootstrap`` within each group of clinical ``field`` (A's values; ages in
+  ``age_bands``); a group of fewer than ``min_cases`` cases is reported, not compared."""
+  if min_cases < 1:
+    raise ValueError(f"--min-cases must be >= 1, got {min_cases}")
+  rows_a, rows_b = _paired(rows_a, rows_b, names)
+  labels, order = case_table.field_groups(rows_a, field, age_bands)
+  metric = options.pop("metric", None) or HEADLINE[_task(rows_a, Path(names[0]))]
+  groups = []
+  for group in order:
+    cases = np.flatnonzero(labels == group)
+    entry = {"group": group, "cases": int(len(cases)), "scored": len(cases) >= min_cases}
+    if entry["scored"]:
+      entry.update(paired_bootstrap([rows_a[i] for i in cases], [rows_b[i] for i in cases],
+                                    metric=metric, names=names, **options))
+    groups.append(entry)
+  return {"by": field, "run_a": names[0], "run_b": names[1], "metric": metric,
+          "min_cases": min_cases,
+          "age_bands": list(age_bands), "groups": groups}
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, *, manual_dir: str | None = None,
@@ -163,19 +168,32 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, manual_dir: str | None
                           names=(str(run_a), str(run_b)))
 
 
-def format_table(result: dict[str, Any]) -> str:
-  def number(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:.4f}"
+def _number(x: float) -> str:
+  return "nan" if math.isnan(x) else f"{x:.4f}"
 
+
+def format_table(result: dict[str, Any]) -> str:
   low, high = result["ci95"]
-  rows = [["run", result["metric"], "95% CI", "p"],
-          ["A " + result["run_a"], number(result["a"]), "", ""],
-          ["B " + result["run_b"], number(result["b"]), "", ""],
-          ["B - A", number(result["difference"]), f"[{number(low)}, {number(high)}]",
-           f"{result['p_value']:.4g}"]]
-  widths = [max(len(row[i]) for row in rows) for i in range(4)]
-  return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+  return case_table.render_table([
+      ["run", result["metric"], "95% CI", "p"],
+      ["A " + result["run_a"], _number(result["a"]), "", ""],
+      ["B " + result["run_b"], _number(result["b"]), "", ""],
+      ["B - A", _number(result["difference"]), f"[{_number(low)}, {_number(high)}]",
+       f"{result['p_value']:.4g}"]])
+
+
+def format_groups_table(result: dict[str, Any]) -> str:
+  rows = [[result["by"], "cases", "A", "B", "B - A", "95% CI", "p"]]
+  for g in result["groups"]:
+    if not g["scored"]:
+      rows.append([g["group"], str(g["cases"]), f"too small (< {result['min_cases']})", *[""] * 4])
+      continue
+    low, high = g["ci95"]
+    rows.append([g["group"], str(g["cases"]), _number(g["a"]), _number(g["b"]),
+                 _number(g["difference"]), f"[{_number(low)}, {_number(high)}]",
+                 f"{g['p_value']:.4g}"])
+  return (f"{result['metric']}: A {result['run_a']}, B {result['run_b']}\n"
+          + case_table.render_table(rows))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,10 +204,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "balanced_accuracy (classification)")
   parser.add_argument("--samples", type=int, default=10000, help="bootstrap resamples")
   parser.add_argument("--seed", type=int, default=0)
+  case_table.add_group_arguments(
+      parser, by_help="compare within each group of this clinical field (sex, age, site, ...)")
 
 
 def main(args: argparse.Namespace) -> None:
-  result = compare_runs(*args.runs, manual_dir=args.manual_dir, metric=args.metric,
-                        samples=args.samples, seed=args.seed)
-  print(format_table(result), flush=True)
+  if args.by is None:
+    result = compare_runs(*args.runs, manual_dir=args.manual_dir, metric=args.metric,
+                          samples=args.samples, seed=args.seed)
+    print(format_table(result), flush=True)
+  else:
+    case_table.check_fields([args.by])
+    rows = [load_cases(run, manual_dir=args.manual_dir) for run in args.runs]
+    result = paired_bootstrap_by(*rows, args.by, age_bands=args.age_bands,
+                                 min_cases=args.min_cases, names=tuple(map(str, args.runs)),
+                                 metric=args.metric, samples=args.samples, seed=args.seed)
+    print(format_groups_table(result), flush=True)
   print(json.dumps(result, sort_keys=True), flush=True)

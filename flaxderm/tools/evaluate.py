@@ -2,15 +2,33 @@
 
     python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
         [--ema | --no-ema] [--tta none|hflip|flips]
+        [--by sex,age,site,... [--age-bands 0,30,45,60,75] [--min-cases 10] [--samples 2000]
+         [--seed 0]]
 
 which loads the run's config and its final parameters (``config.final_params``,
 ``config.use_ema`` and ``config.eval.tta`` unless the flags say otherwise: one run scored with and
 without its EMA or test-time augmentation is how those ingredients are ablated) and scores them on
 the run's validation set, or -- with ``--manual-dir`` -- on all of the dataset found in DIR (same
 layout as the official release), prepared into a temporary folder so no other prepared copy is
-read. It writes ``RUN/evaluation/cases.csv`` (per case) and ``RUN/evaluation/metrics.json``, and
-prints the metrics as one JSON line, last. Batches and per-case rows come from
-``flaxderm.train.scoring``, the code the training loop validates with.
+read. It writes ``RUN/evaluation/cases.csv`` (per case: its scores, then its ``group`` -- the
+split's grouping unit, lesion or patient -- and the clinical fields its record carries,
+``flaxderm.data.clinical``, read from the records beside the scores, never given to the model)
+and ``RUN/evaluation/metrics.json``, and prints the metrics as one JSON line, last. Batches and
+per-case rows come from ``flaxderm.train.scoring``, the code the training loop validates with.
+
+``--by`` audits the scored cases by subgroup (``flaxderm.subgroups``; a CV run: its out-of-fold
+cases pooled): for each clinical field named and each of its groups (ages in ``--age-bands``), the
+headline metrics with 95% bootstrap intervals resampled by ``group`` -- classification: balanced
+accuracy, macro AUC, the sensitivity and specificity of the malignant-vs-benign decision at the
+run's operating point (the predicted class; ``subgroups.MALIGNANT_CLASSES``) and ECE;
+segmentation: per-image Dice and the ISIC thresholded Jaccard -- and the group sizes; per field,
+each metric's gap between the best and the worst group, the worst group, and the equalized-odds
+difference of the malignant-vs-benign decision. A group of fewer than ``--min-cases`` cases is
+reported as too small, not scored. It prints a table per field and writes
+``RUN/evaluation/subgroups.json``: ``{<what was scored>, "task", "cases", "clusters", "pooled",
+"headline", "metrics", "malignant_classes", "min_cases", "samples", "seed", "confidence",
+"age_bands", "overall": {metric: {"value", "ci95"}}, "fields": {field: ``subgroups.audit``'s
+result}}`` (null where a value is undefined).
 
 An earlier evaluation of other data, options or parameters' step is never replaced: it moves into
 ``RUN/evaluation/<what it scored>/`` first (a warning names it). Cases of ``--manual-dir`` that
@@ -36,7 +54,9 @@ import ml_collections
 import numpy as np
 
 from flaxderm import metrics as metrics_lib
+from flaxderm import subgroups
 from flaxderm.tools import calibration
+from flaxderm.tools import case_table
 from flaxderm.tools import run as run_lib
 from flaxderm.data import pipeline
 from flaxderm.data import sources
@@ -52,6 +72,7 @@ log = logging.getLogger(__name__)
 
 EVALUATION_DIR = "evaluation"
 CASES, METRICS, CV_METRICS = "cases.csv", "metrics.json", "cv_metrics.json"
+SUBGROUPS = "subgroups.json"
 # What an evaluation scored, as its metrics file records it: another value is another evaluation.
 SCORING_KEYS = ("dataset", "split", "manual_dir", "params", "ema", "tta", "step")
 
@@ -74,9 +95,7 @@ def write_cases(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def json_line(metrics: Mapping[str, float]) -> str:
   """Metrics as one JSON line (NaN written as null)."""
-  return json.dumps({k: (v if isinstance(v, float) and math.isfinite(v) else
-                         None if isinstance(v, float) else v) for k, v in metrics.items()},
-                    sort_keys=True)
+  return json.dumps(_finite(metrics), sort_keys=True)
 
 
 def recorded_scoring(out: Path) -> dict[str, Any] | None:
@@ -109,7 +128,7 @@ def _keep_earlier(out: Path, identity: Mapping[str, Any]) -> None:
     return
   kept = out / _scoring_name(earlier)
   kept.mkdir(exist_ok=True)
-  for name in (CASES, METRICS, CV_METRICS):
+  for name in (CASES, METRICS, CV_METRICS, SUBGROUPS):
     if (out / name).is_file():
       (out / name).replace(kept / name)
   log.warning("%s held an evaluation of %s; kept it in %s", out, earlier, kept)
@@ -237,6 +256,8 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
                  _ensemble_batches([d for d, _ in scored], split, batch_size))
       with jax.set_mesh(par.mesh):
         rows, stats = scoring.evaluate_cases(case_step, state, batches, par, task)
+      fields = splits.split_fields(data_cfg, split)
+  rows = [{**row, **fields[row["id"]]} for row in rows]
   metrics = task.summarize(stats)
   if task.kind == "classification":
     metrics.update(_auc(rows, task.class_names))
@@ -282,18 +303,122 @@ def _ensemble_batches(data_cfgs: list[ml_collections.ConfigDict], split: str, ba
     yield {**batches[0], "image": np.stack([b["image"] for b in batches], axis=1)}
 
 
+# ------------------------------------------------------------------------------------------------
+# Subgroup audit.
+
+
+def audit_run(workdir: str | Path, fields: list[str], *,
+              age_bands: tuple[float, ...] = subgroups.AGE_BANDS,
+              min_cases: int = subgroups.MIN_CASES, samples: int = subgroups.SAMPLES,
+              seed: int = 0) -> dict[str, Any]:
+  """The subgroup audit of the run's stored evaluation by clinical ``fields`` (module docstring);
+  writes it to ``RUN/evaluation/subgroups.json`` and returns it."""
+  case_table.check_fields(fields)
+  workdir = Path(workdir).resolve()
+  runs = run_lib.run_directories(workdir)
+  out = workdir / EVALUATION_DIR
+  scored = recorded_scoring(out)
+  if scored is None or not (out / CASES).is_file():
+    raise ValueError(f"{out} holds no evaluation: run python launch.py evaluate --workdir "
+                     f"{workdir} first")
+  rows = read_cases(out / CASES)
+  if not rows or "group" not in rows[0]:
+    raise ValueError(f"{out / CASES} has no group column (scored before the cases carried their "
+                     "grouping unit and clinical fields): evaluate the run again")
+  info = setup.RunInfo.load(runs[0])
+  malignant = (subgroups.malignant_classes(scored["dataset"], info.class_names)
+               if info.task == "classification" else ())
+  names = [m for m in subgroups.METRICS[info.task]
+           if malignant or m not in (subgroups.SENSITIVITY, subgroups.SPECIFICITY)]
+  if info.task == "classification" and not malignant:
+    log.warning("no malignant classes known for %s (flaxderm.subgroups.MALIGNANT_CLASSES): no "
+                "sensitivity, specificity or equalized odds", scored["dataset"])
+  statistics = case_table.statistics(rows, info.task, names, info.class_names, malignant)
+  clusters = [row["group"] for row in rows]
+  options = dict(samples=samples, seed=seed)
+  result = {**scored, "task": info.task, "cases": len(rows), "clusters": len(set(clusters)),
+            "pooled": (f"out-of-fold cases of {len(runs)} folds"
+                       if len(runs) > 1 and scored["manual_dir"] is None else None),
+            "headline": names[0], "metrics": names,
+            "malignant_classes": list(malignant) or None, "min_cases": min_cases, **options,
+            "confidence": subgroups.CONFIDENCE, "age_bands": list(age_bands),
+            "overall": subgroups.overall(statistics, clusters, **options), "fields": {}}
+  for field in fields:
+    labels, order = case_table.field_groups(rows, field, age_bands)
+    result["fields"][field] = subgroups.audit(statistics, labels, order, clusters,
+                                              min_cases=min_cases, **options)
+  result = _finite(result)
+  if jax.process_index() == 0:
+    (out / SUBGROUPS).write_text(json.dumps(result, indent=2, default=str) + "\n")
+  return result
+
+
+def _finite(value: Any) -> Any:
+  """``value`` with every NaN or infinite float, however deep, as None (JSON's null)."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, Mapping):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  return value
+
+
+def _interval(scores: Mapping[str, Any] | None) -> str:
+  """"value [low, high]", "n/a" where undefined."""
+  if scores is None or scores["value"] is None:
+    return "n/a"
+  low, high = ("n/a" if v is None else f"{v:.3f}" for v in scores["ci95"])
+  return f"{scores['value']:.3f} [{low}, {high}]"
+
+
+def format_audit(result: Mapping[str, Any]) -> str:
+  """One table per field: its groups' sizes and metrics, then its gaps and equalized odds."""
+  names = result["metrics"]
+  parts = [f"subgroups of {result['cases']} cases"
+           + (f" ({result['pooled']})" if result["pooled"] else "") + ", 95% intervals by "
+           f"group, groups under {result['min_cases']} cases not scored"]
+  for field, audited in result["fields"].items():
+    rows = [[field, "cases", "clusters", *names],
+            ["all", str(result["cases"]), str(result["clusters"]),
+             *(_interval(result["overall"][m]) for m in names)]]
+    for g in audited["groups"]:
+      scores = (["too small"] + [""] * (len(names) - 1) if not g["scored"] else
+                [_interval(g["metrics"][m]) for m in names])
+      rows.append([g["group"], str(g["cases"]), str(g["clusters"]), *scores])
+    gaps = ["gap (worst)", "", "", *(
+        "n/a" if audited["gap"][m] is None else
+        f"{_interval(audited['gap'][m])} ({audited['gap'][m]['worst']})" for m in names)]
+    parts += ["", case_table.render_table(rows + [gaps])]
+    if "equalized_odds_difference" in audited:
+      parts.append(f"equalized-odds difference (malignant vs benign): "
+                   f"{_interval(audited['equalized_odds_difference'])}")
+  return "\n".join(parts)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   run_lib.add_run_arguments(parser)
   parser.add_argument("--manual-dir", help="score all of the dataset in this folder")
   parser.add_argument("--calibrate", action="store_true", help="first fit the temperature on "
                       "the validation split into RUN/calibration.json (tools/calibration.py)")
+  case_table.add_group_arguments(parser, by_help="audit by these clinical fields, separated by "
+                                  "commas (sex,age,site,fitzpatrick,dataset,...)")
+  parser.add_argument("--samples", type=int, default=subgroups.SAMPLES,
+                      help="bootstrap resamples of the subgroup audit")
+  parser.add_argument("--seed", type=int, default=0, help="of the subgroup audit's bootstrap")
 
 
 def main(args: argparse.Namespace) -> None:
+  fields = args.by.split(",") if args.by else []
+  case_table.check_fields(fields)  # before the scoring, which takes a while
   if args.calibrate:
     fitted = calibration.calibrate_run(args.workdir, params=args.params, use_ema=args.ema,
                                        tta=args.tta)
     print(calibration.format_results(fitted), flush=True)
   metrics = evaluate_run(args.workdir, manual_dir=args.manual_dir, params=args.params,
                          use_ema=args.ema, tta=args.tta)
+  if fields:
+    audited = audit_run(args.workdir, fields, age_bands=args.age_bands,
+                        min_cases=args.min_cases, samples=args.samples, seed=args.seed)
+    print(format_audit(audited), flush=True)
   print(json_line(metrics), flush=True)

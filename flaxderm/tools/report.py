@@ -20,7 +20,11 @@ replacing an earlier report's (its ``FIGURES``) and nothing else in that folder:
 * segmentation: the ``N`` cases with the lowest Dice, the ground truth (green) and the prediction
   (red) outlined on the image at its original size, and the histogram of per-image Dice;
 * a cross-validation run (``fold_*/``): the per-fold metrics with their mean and sample standard
-  deviation; its cases are the out-of-fold ones, each shown with the fold that held it out.
+  deviation; its cases are the out-of-fold ones, each shown with the fold that held it out;
+* subgroups, when the evaluation holds an audit (``launch.py evaluate --by``,
+  ``RUN/evaluation/subgroups.json``): per clinical field a forest plot of the headline metric of
+  each group with its 95% interval, the value on all cases, and the gap between the worst and
+  the best group (dotted lines at both, the gap's interval and the equalized odds in the title).
 
 ``--params``, ``--ema`` and ``--tta`` are passed to the evaluation when one is run; the images
 show the predictions of the parameters that evaluation scored.
@@ -59,9 +63,11 @@ DPI = 100
 # Figure sizes in inches (pixels = inches * DPI); the case grids grow with the cases shown.
 FIGURE_SIZES = {"curves": (11, 4), "confusion": (11, 4.8), "roc_pr": (11, 4.8),
                 "reliability": (6, 6), "dice_histogram": (6, 4)}
+# The forest plots: one panel per field, its height growing with the field's groups.
+FOREST_WIDTH, FOREST_ROW_INCHES, FOREST_PANEL_INCHES = 10.0, 0.3, 0.9
 # Every figure the report draws (``out/<name>.png``): all it removes of an earlier report's.
 FIGURES = ("curves", "confusion", "roc_pr", "reliability", "mistakes", "worst_cases",
-           "dice_histogram")
+           "dice_histogram", "subgroups")
 PAGE_NAME = "index.html"
 TILE_INCHES = 2.6
 TITLE_INCHES = 0.6  # three lines of 8-point title
@@ -330,6 +336,78 @@ def dice_histogram_figure(dice: np.ndarray, out: Path) -> dict[str, Any]:
   return _save(fig, out, "dice_histogram")
 
 
+def forest_inches(group_counts: Sequence[int]) -> tuple[float, list[float]]:
+  """(width, each panel's height) of the forest plots of fields with these numbers of groups."""
+  return FOREST_WIDTH, [FOREST_PANEL_INCHES + FOREST_ROW_INCHES * max(n, 1)
+                        for n in group_counts]
+
+
+def _interval_text(scores: Mapping[str, Any]) -> str:
+  low, high = (_number(v) for v in scores["ci95"])
+  return f"{_number(scores['value'])} [{low}, {high}]"
+
+
+def subgroups_figure(audited: Mapping[str, Any], out: Path) -> dict[str, Any]:
+  """Per field, a forest plot of the headline metric: each group's value with its 95% interval
+  (grey: the cases missing the field; too small groups named with their size), the value on all
+  cases (dashed) and the worst and best groups' values (dotted), the gap in the title."""
+  headline, fields = audited["headline"], audited["fields"]
+  width, heights = forest_inches([len(f["groups"]) for f in fields.values()])
+  fig = _figure((width, sum(heights)))
+  axes = np.asarray(fig.subplots(len(fields), 1, squeeze=False,
+                                 height_ratios=heights))[:, 0]
+  overall = audited["overall"][headline]["value"]
+  for ax, (field, result) in zip(axes, fields.items()):
+    groups = result["groups"]
+    rows = np.arange(len(groups))[::-1]  # the first group on top
+    for row, group in zip(rows, groups):
+      scores = group["metrics"][headline] if group["scored"] else None
+      if scores is None or scores["value"] is None:
+        reason = "too small" if not group["scored"] else "undefined"
+        ax.text(0.01, row, f"{reason} ({group['cases']} cases)", va="center", fontsize=8,
+                color="grey")
+        continue
+      value, (low, high) = scores["value"], scores["ci95"]
+      low, high = (value if v is None else v for v in (low, high))
+      ax.errorbar(value, row, xerr=[[value - low], [high - value]], fmt="s" if group["missing"]
+                  else "o", color="grey" if group["missing"] else "C0", capsize=3, markersize=5)
+    if overall is not None:
+      ax.axvline(overall, color="black", ls="--", lw=0.8, label=f"all cases {overall:.3f}")
+    gap = result["gap"][headline]
+    title = f"{field}: {headline} by group"
+    if gap is not None:
+      by_name = {g["group"]: g["metrics"][headline]["value"] for g in groups if g["scored"]}
+      for end, colour in (("worst", "C3"), ("best", "C2")):
+        ax.axvline(by_name[gap[end]], color=colour, ls=":", lw=1.2,
+                   label=f"{end}: {gap[end]} {by_name[gap[end]]:.3f}")
+      title += f"; gap {_interval_text(gap)}"
+    odds = result.get("equalized_odds_difference")
+    if odds:
+      title += f"; equalized odds {_interval_text(odds)}"
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.set_yticks(rows, [f"{g['group']} ({g['cases']})" for g in groups], fontsize=8)
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.7, len(groups) - 0.3))
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the points
+  axes[-1].set_xlabel(f"{headline} (95% interval; groups: name (cases))")
+  return _save(fig, out, "subgroups")
+
+
+def _subgroups(workdir: Path, out: Path) -> tuple[str, dict[str, Any] | str]:
+  """The subgroup section's figure, or what the page says instead."""
+  path = workdir / evaluate_lib.EVALUATION_DIR / evaluate_lib.SUBGROUPS
+  if not path.is_file():
+    return "Subgroups", (f"No subgroup audit: python launch.py evaluate --workdir {workdir} "
+                         "--by FIELD,... (e.g. sex,age,site) writes one.")
+  audited = json.loads(path.read_text())
+  if not audited["fields"]:
+    return "Subgroups", "The subgroup audit names no field."
+  scope = f", {audited['pooled']}" if audited["pooled"] else ""
+  return (f"Subgroups: {audited['cases']} cases{scope}; groups under {audited['min_cases']} "
+          f"cases not scored; intervals resampled by lesion/patient",
+          subgroups_figure(audited, out))
+
+
 # ------------------------------------------------------------------------------------------------
 # Sections.
 
@@ -469,7 +547,7 @@ def write_report(workdir: str | Path, *, params: str | None = None, use_ema: boo
                                            cases, out)
   else:
     section = _segmentation(rows, workdir, load, cases, out)
-  figures += section
+  figures += [*section, _subgroups(workdir, out)]
 
   title = f"flaxderm report: {workdir.name}"
   parts = [f"<h1>{html.escape(title)}</h1>",

@@ -19,6 +19,7 @@ from typing import Any
 
 import ml_collections
 
+from flaxderm.data import clinical
 from flaxderm.data import config as data_config_lib
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -27,6 +28,7 @@ PARALLEL_MODES = ("auto", "pmap")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 FINAL_PARAMS = ("last", "best")
 TTA_MODES = ("none", "hflip", "flips")
+WORST_GROUP = "worst_group:"  # eval.select_by = "worst_group:FIELD"
 # Option groups whose keys are not fixed by this schema (validated by their consumers).
 OPEN_GROUPS = ("model.kwargs", "loss.kwargs", "data.builder_kwargs", "eval_data")
 
@@ -111,6 +113,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 16
   c.eval.best_metric = ""
   c.eval.best_mode = "max"
+  # Which validation counts for the best checkpoint: "" = best_metric over all cases;
+  # "worst_group:FIELD" = best_metric of the worst group of clinical field FIELD (the lowest for
+  # best_mode "max"; ages in flaxderm.subgroups.AGE_BANDS; the cases missing the field and groups
+  # of fewer than select_min_cases cases left out). Both numbers go to the logs and results.
+  c.eval.select_by = ""
+  c.eval.select_min_cases = 10
   # Test-time augmentation of every scoring: "none", "hflip" (image + its mirror) or "flips"
   # (+ vertical and both); the views' class probabilities are averaged.
   c.eval.tta = "none"
@@ -191,6 +199,25 @@ def has_validation(cfg: ml_collections.ConfigDict) -> bool:
   return cfg.data.split != "all" or bool(cfg.eval_data)
 
 
+def selection_field(cfg: ml_collections.ConfigDict) -> str | None:
+  """The clinical field of ``eval.select_by = "worst_group:FIELD"``, None for ""; ValueError for
+  another value, an unknown field, a number other than age, or a run without validation."""
+  select_by = cfg.eval.select_by
+  if not select_by:
+    return None
+  field = select_by[len(WORST_GROUP):] if select_by.startswith(WORST_GROUP) else None
+  if not field:
+    raise ValueError(f"config.eval.select_by: {select_by!r} is not '' or '{WORST_GROUP}FIELD'")
+  clinical.check_fields((field,), "config.eval.select_by")
+  if clinical.FIELDS[field].kind == clinical.NUMBER and field != "age":
+    raise ValueError(f"config.eval.select_by: {field!r} is a number other than age, which has no "
+                     "bands to group it by")
+  if not has_validation(cfg):
+    raise ValueError(f"config.eval.select_by={select_by!r} needs validation data, but "
+                     "data.split='all' trains on every case")
+  return field
+
+
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
   """ValueError naming the first unknown key or bad value; dataset-dependent checks happen later."""
   _check_known(cfg, default_config())
@@ -203,11 +230,13 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   _one_of("final_params", cfg.final_params, FINAL_PARAMS)
   _one_of("eval.best_mode", cfg.eval.best_mode, ("max", "min"))
   _one_of("eval.tta", cfg.eval.tta, TTA_MODES)
+  selection_field(cfg)
   if cfg.final_params == "best" and not has_validation(cfg):
     raise ValueError("config.final_params='best' needs validation data, but data.split='all' "
                      "trains on every case: use final_params='last', or name validation data "
                      "in config.eval_data")
   positive = {"batch_size": cfg.batch_size, "eval.batch_size": cfg.eval.batch_size,
+              "eval.select_min_cases": cfg.eval.select_min_cases,
               "checkpoint.keep": cfg.checkpoint.keep,
               "optimizer.accumulate_steps": cfg.optimizer.accumulate_steps}
   for path, value in positive.items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -35,6 +36,8 @@ import ml_collections
 import numpy as np
 
 from flaxderm import metrics as metrics_lib
+from flaxderm import subgroups
+from flaxderm.data import clinical
 from flaxderm.data import pipeline
 from flaxderm.data import sources
 from flaxderm.data import splits
@@ -167,6 +170,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, *, is_main: bool, resu
   if validating:
     setup.dataset_info(eval_data)  # a missing validation dataset fails now, not after training
   best_metric = cfg.eval.best_metric or task.default_metric
+  select_field = config_lib.selection_field(cfg)
   schedule = _make_schedule(cfg, _num_examples(cfg.data, cfg.data.train_split))
 
   # ------------------------------------------------------------------------------------- state
@@ -209,9 +213,22 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, *, is_main: bool, resu
   progress_bar = logs.Progress(total_steps=schedule.total_steps or None, initial=step,
                                budget_s=cfg.budget_s, enabled=cfg.progress_bar)
 
-  def evaluate(state_now: TrainState) -> dict[str, float]:
+  if select_field is not None:
+    group_of = _validation_groups(eval_data, select_field)
+    case_step = par.compile_case_step(step_lib.make_case_step(model, task, cfg,
+                                                              use_ema=cfg.use_ema))
+
+  def evaluate(state_now: TrainState) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """(validation metrics, the worst group of ``select_field`` or None)."""
     batches_now = scoring.eval_batches(eval_data, None, cfg.eval.batch_size)
-    return task.summarize(scoring.evaluate_stats(eval_step, state_now, batches_now, par))
+    if select_field is None:
+      return task.summarize(scoring.evaluate_stats(eval_step, state_now, batches_now, par)), None
+    groups = scoring.evaluate_groups(case_step, state_now, batches_now, par, task, group_of)
+    metrics = task.summarize(functools.reduce(metrics_lib.merge, (s for _, s in groups.values())))
+    if best_metric not in metrics:  # _evaluate_and_keep_best says so
+      return metrics, None
+    worst = _worst_group(groups, task, best_metric, select_field, cfg)
+    return {**metrics, f"worst_group/{best_metric}": worst["value"]}, worst
 
   def save(state_now: TrainState) -> None:
     checkpoints.save(state_now, batches, {**meta, "elapsed_s": elapsed})
@@ -313,7 +330,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, *, is_main: bool, resu
                                par)
   writer.close()
   results = {"step": step, "params": cfg.final_params, "params_step": final_step,
-             "ema": cfg.use_ema, "best_metric": best_metric, "validation": final_metrics,
+             "ema": cfg.use_ema, "best_metric": best_metric, "select_by": cfg.eval.select_by,
+             "validation": final_metrics,
              "best": meta["best"], "train_elapsed_s": elapsed, "workdir": str(workdir),
              "predictions": str(grid) if grid else None}
   if is_main:
@@ -322,18 +340,53 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, *, is_main: bool, resu
   return {**results, "state": final_state}
 
 
+def _validation_groups(eval_data: ml_collections.ConfigDict, field: str) -> dict[str, str]:
+  """Case id -> its group of clinical ``field`` (``subgroups.group_labels``; ages in
+  ``subgroups.AGE_BANDS``) for every validation case."""
+  fields = splits.split_fields(eval_data, eval_data.eval_split)
+  carried = next(iter(fields.values()), {})
+  if field not in carried:
+    raise ValueError(f"config.eval.select_by: the validation records of {eval_data.name} carry "
+                     f"no clinical field {field!r}; they carry "
+                     f"{sorted(k for k in carried if k != 'group')}")
+  numeric = clinical.FIELDS[field].kind == clinical.NUMBER
+  labels, _ = subgroups.group_labels([values[field] for values in fields.values()],
+                                     subgroups.AGE_BANDS if numeric else None)
+  return dict(zip(fields, labels))
+
+
+def _worst_group(groups: dict[str, tuple[int, dict[str, Any]]], task: step_lib.Task,
+                 metric: str, field: str, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{"field", "group", "value", "groups": {group: value}}: ``metric`` of each group of ``field``
+  with at least ``eval.select_min_cases`` cases (the missing ones left out), and the worst one."""
+  values = {name: task.summarize(stats)[metric] for name, (count, stats) in sorted(groups.items())
+            if count >= cfg.eval.select_min_cases and name != subgroups.MISSING}
+  defined = {name: v for name, v in values.items() if np.isfinite(v)}
+  if not defined:
+    sizes = {name: count for name, (count, _) in sorted(groups.items())}
+    raise ValueError(f"config.eval.select_by={cfg.eval.select_by!r}: no group of {field} has "
+                     f"{cfg.eval.select_min_cases} validation cases (eval.select_min_cases) with "
+                     f"{metric} defined; group sizes {sizes}")
+  pick = min if cfg.eval.best_mode == "max" else max
+  group = pick(defined, key=defined.get)
+  return {"field": field, "group": group, "value": defined[group], "groups": values}
+
+
 def _evaluate_and_keep_best(evaluate, state, step, best_metric, cfg, meta, checkpoints, writer,
                             progress_bar) -> tuple[int, dict[str, float]]:
-  """Validation metrics at ``step``; saves the weights as the best when they are."""
-  metrics = evaluate(state)
+  """Validation metrics at ``step``; saves the weights as the best when they are: by
+  ``best_metric`` over all cases, or over the worst group (``eval.select_by``)."""
+  metrics, worst = evaluate(state)
   if best_metric not in metrics:
     raise ValueError(f"config.eval.best_metric={best_metric!r} is not a validation metric; "
                      f"available: {sorted(metrics)}")
   writer.write(step, "validation", metrics)
-  value = metrics[best_metric]
+  value = metrics[best_metric] if worst is None else worst["value"]
   best = meta["best"]
   if _better(value, None if best is None else best["value"], cfg.eval.best_mode):
-    meta["best"] = {"step": step, "metric": best_metric, "value": value, "metrics": metrics}
+    meta["best"] = {"step": step, "metric": best_metric, "select_by": cfg.eval.select_by,
+                    "value": value, "mean": metrics[best_metric], "worst_group": worst,
+                    "metrics": metrics}
     checkpoints.save_best(state, meta["best"])
   shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in sorted(metrics)
                     if k.count("/") <= 1 and not k.startswith(("count/", "support/")))

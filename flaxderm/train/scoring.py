@@ -5,7 +5,7 @@ The training loop validates with these; the run-level tools (``flaxderm.tools.ev
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -46,24 +46,50 @@ def evaluate_stats(eval_step: Callable, state: TrainState, batches: Iterable[Bat
   return total
 
 
+def _scored_batches(case_step: Callable, state: TrainState, batches: Iterable[Batch],
+                    par: parallel_lib.DataParallel, task: step_lib.Task
+                    ) -> Iterator[tuple[np.ndarray, dict[str, Any], np.ndarray]]:
+  """Per batch, (ids, ``case_step`` outputs, labels) of its real examples (padding dropped)."""
+  for batch in batches:
+    ids = par.gather(np.asarray(batch.pop("id")))
+    out = par.gather(case_step(state, par.shard_batch(batch)))
+    keep = np.flatnonzero(par.gather(np.asarray(batch["valid"])) > 0)
+    labels = par.gather(np.asarray(batch[task.label_key]))
+    yield ids[keep], jax.tree.map(lambda v, keep=keep: np.asarray(v)[keep], out), labels[keep]
+
+
 def evaluate_cases(case_step: Callable, state: TrainState, batches: Iterable[Batch],
                    par: parallel_lib.DataParallel, task: step_lib.Task
                    ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
   """(one row per real example, summed stats) of a compiled ``case_step`` over ``batches``."""
   rows, total = [], None
-  for batch in batches:
-    ids = par.gather(np.asarray(batch.pop("id")))
-    out = par.gather(case_step(state, par.shard_batch(batch)))
-    valid = par.gather(np.asarray(batch["valid"])) > 0
-    labels = par.gather(np.asarray(batch[task.label_key]))
+  for ids, out, labels in _scored_batches(case_step, state, batches, par, task):
     total = metrics_lib.merge(total, step_lib.sum_stats(out["stats"]))
-    for i in np.flatnonzero(valid):
+    for i, case_id in enumerate(ids):
       one = {k: v[i] for k, v in out["stats"].items()}
       probs = out["probs"][i] if "probs" in out else None
-      rows.append(_case_row(task, str(ids[i]), one, labels[i], probs))
+      rows.append(_case_row(task, str(case_id), one, labels[i], probs))
   if total is None:
     raise ValueError("evaluation split is empty")
   return rows, total
+
+
+def evaluate_groups(case_step: Callable, state: TrainState, batches: Iterable[Batch],
+                    par: parallel_lib.DataParallel, task: step_lib.Task,
+                    group_of: Mapping[str, str]) -> dict[str, tuple[int, dict[str, np.ndarray]]]:
+  """Group -> (its number of cases, their summed stats) of a compiled ``case_step`` over
+  ``batches``, each case in its group ``group_of[id]``: the set metrics of each subgroup."""
+  groups: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
+  for ids, out, _ in _scored_batches(case_step, state, batches, par, task):
+    names = np.array([group_of[str(i)] for i in ids], dtype=object)
+    for name in set(names):
+      chosen = names == name
+      count, total = groups.get(name, (0, None))
+      stats = step_lib.sum_stats({k: v[chosen] for k, v in out["stats"].items()})
+      groups[name] = (count + int(chosen.sum()), metrics_lib.merge(total, stats))
+  if not groups:
+    raise ValueError("evaluation split is empty")
+  return groups
 
 
 def _case_row(task: step_lib.Task, case_id: str, stats: Mapping[str, np.ndarray], label: Any,

@@ -182,3 +182,50 @@ def test_compare_two_scored_runs(two_scorings, capsys):
   metrics = json.loads((flips / "evaluation" / "metrics.json").read_text())["metrics"]
   assert result["b"] == pytest.approx(metrics["dice/per_image"], abs=1e-6)
   assert result["ci95"][0] <= result["difference"] <= result["ci95"][1]
+
+
+def described(rows: list[dict[str, str]], sexes, ages, lesions) -> list[dict[str, str]]:
+  """``rows`` with the columns evaluate adds: the grouping unit and clinical fields."""
+  return [{**row, "group": lesion, "sex": sex, "age": str(age)}
+          for row, sex, age, lesion in zip(rows, sexes, ages, lesions)]
+
+
+def test_compare_by_field_bootstraps_each_group(tmp_path, capsys):
+  rng = np.random.default_rng(5)
+  n = 90
+  sexes = np.array(["female"] * 40 + ["male"] * 44 + [""] * 6)
+  ages = rng.choice([25.0, 50.0, 80.0, np.nan], size=n)
+  lesions = [f"lesion{i // 2}" for i in range(n)]  # two images per lesion
+  a = rng.uniform(0.4, 0.8, size=n)
+  b = np.where(sexes == "female", a + 0.05, a) + rng.normal(0, 0.005, size=n)
+  run_a = write_run(tmp_path / "a", described(segmentation_rows(a), sexes, ages, lesions))
+  run_b = write_run(tmp_path / "b", described(segmentation_rows(b), sexes, ages, lesions))
+  assert cli.main(["compare", str(run_a), str(run_b), "--by", "sex", "--samples", "500",
+                   "--min-cases", "10"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0] == f"dice/per_image: A {run_a}, B {run_b}" and "too small (< 10)" in lines[4]
+  result = json.loads(lines[-1])
+  groups = {g["group"]: g for g in result["groups"]}
+  assert list(groups) == ["female", "male", "(missing)"] and result["metric"] == "dice/per_image"
+  assert groups["female"]["ci95"][0] > 0 and groups["female"]["cases"] == 40
+  assert groups["male"]["ci95"][0] < 0 < groups["male"]["ci95"][1]
+  assert not groups["(missing)"]["scored"] and groups["(missing)"]["cases"] == 6
+  # Each group's comparison is the paired bootstrap of its own cases, resampled by lesion.
+  rows_a, rows_b = (compare_lib.load_cases(run) for run in (run_a, run_b))
+  female = [i for i, s in enumerate(sexes) if s == "female"]
+  alone = compare_lib.paired_bootstrap([rows_a[i] for i in female], [rows_b[i] for i in female],
+                                       samples=500, names=(str(run_a), str(run_b)))
+  assert groups["female"]["ci95"] == alone["ci95"] and alone["clusters"] == 20
+
+  by_age = compare_lib.paired_bootstrap_by(rows_a, rows_b, "age", age_bands=(0, 40, 70),
+                                           min_cases=1, samples=100)
+  assert [g["group"] for g in by_age["groups"]] == ["[0,40)", "[40,70)", "70+", "(missing)"]
+  assert sum(g["cases"] for g in by_age["groups"]) == n
+
+  assert cli.main(["compare", str(run_a), str(run_b), "--by", "weight"]) == 1
+  assert "clinical fields ['weight'] are not in the vocabulary" in capsys.readouterr().err
+  assert cli.main(["compare", str(run_a), str(run_b), "--by", "site"]) == 1
+  assert "--by site: the cases carry no such field; they carry ['sex', 'age']" in (
+      capsys.readouterr().err)
+  assert cli.main(["compare", str(run_a), str(run_b), "--by", "diameter_1"]) == 1
+  assert "numbers other than age have no bands" in capsys.readouterr().err

@@ -117,3 +117,31 @@ def test_report_errors(segmentation_run, tmp_path):
     report.write_report(elsewhere)
   with pytest.raises(ValueError, match="--cases must be >= 1"):
     report.write_report(segmentation_run, cases=0)
+
+
+def test_subgroups_figure_has_one_forest_plot_per_field(tmp_path):
+  from flaxderm import subgroups  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, size=300)
+  probabilities = rng.dirichlet(np.ones(3), size=300)
+  probabilities[np.arange(300), labels] += np.where(np.arange(300) < 150, 1.0, 0.2)
+  probabilities /= probabilities.sum(axis=1, keepdims=True)
+  statistics = subgroups.classification_statistics(
+      labels, probabilities.argmax(axis=1), probabilities, [2],
+      names=subgroups.METRICS["classification"])
+  clusters = np.arange(300) // 2
+  fields = {"sex": rng.choice(["female", "male", ""], size=300, p=[0.5, 0.45, 0.05]),
+            "site": np.where(np.arange(300) < 150, "face", rng.choice(["back", "leg", "sole"],
+                                                                      size=300, p=[.5, .47, .03]))}
+  audited = {"headline": "balanced_accuracy", "cases": 300, "pooled": None, "min_cases": 10,
+             "overall": subgroups.overall(statistics, clusters, samples=100), "fields": {}}
+  for field, values in fields.items():
+    names, order = subgroups.group_labels(values)
+    audited["fields"][field] = subgroups.audit(statistics, names, order, clusters, samples=100)
+  figure = report.subgroups_figure(audited, tmp_path)
+  width, heights = report.forest_inches([3, 4])
+  with Image.open(tmp_path / figure["file"]) as im:
+    assert im.size == (figure["width"], figure["height"]) == (round(width * report.DPI),
+                                                              round(sum(heights) * report.DPI))
+  assert audited["fields"]["site"]["gap"]["balanced_accuracy"]["best"] == "face"

@@ -44,7 +44,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flaxderm.models import layers
-from flaxderm.models import pretrained
+from flaxderm.models import weights
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 from flaxderm.models.resnet import FEATURE_STRIDES, ConvNet, conv2d, stage_dilations
@@ -248,13 +248,11 @@ register_rules("efficientnet", NameRules(rules=TIMM_SE_RULES, head=("classifier"
 
 
 for _tag in (
-    *(pretrained.lite_package_tag(k, size) for k, size in ((0, 224), (1, 240), (2, 260))),
-    pretrained.torchvision_tag("efficientnet_b0.tv_in1k", "efficientnet_b0",
-                               "efficientnet_b0_rwightman-7f5810bc.pth"),
-    pretrained.timm_tag("efficientnet_b0.ra_in1k", "efficientnet_b0",
-                        "timm/efficientnet_b0.ra_in1k"),
-    pretrained.timm_tag("efficientnet_lite0.in1k", "efficientnet_lite0",
-                        "timm/tf_efficientnet_lite0.in1k", pretrained.SYMMETRIC,
-                        pretrained.SYMMETRIC),
+    *(weights.lite_package_tag(k, size) for k, size in ((0, 224), (1, 240), (2, 260))),
+    weights.torchvision_tag("efficientnet_b0.tv_in1k", "efficientnet_b0",
+                            "efficientnet_b0_rwightman-7f5810bc.pth"),
+    weights.timm_tag("efficientnet_b0.ra_in1k", "efficientnet_b0", "timm/efficientnet_b0.ra_in1k"),
+    weights.timm_tag("efficientnet_lite0.in1k", "efficientnet_lite0",
+                     "timm/tf_efficientnet_lite0.in1k", weights.SYMMETRIC, weights.SYMMETRIC),
 ):
-  pretrained.register_tag(_tag)
+  weights.register_tag(_tag)

@@ -575,5 +575,23 @@ def resize_bilinear(x: jax.Array, height: int, width: int, *, align_corners: boo
   return interp(interp(x, 1, h, height), 2, w, width)
 
 
-def upsample2x_nearest(x: jax.Array) -> jax.Array:
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+def resample_position_embedding(pos_embed: jax.Array, new_grid: int | Sequence[int],
+                                num_prefix_tokens: int = 1) -> jax.Array:
+  """Resamples a ``(1, num_prefix_tokens + g * g, D)`` position embedding to ``new_grid`` (an int or
+  ``(height, width)`` in patches): the square grid part is resized bilinearly (PyTorch's
+  ``align_corners=False``, no antialiasing) in float32, the prefix tokens are kept as they are.
+  Equals timm's ``resample_abs_pos_embed(..., interpolation="bilinear", antialias=False)``."""
+  gh, gw = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
+  if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
+    raise ValueError(f"pos_embed must have shape (1, tokens, dim), got {tuple(pos_embed.shape)}")
+  num_grid = pos_embed.shape[1] - num_prefix_tokens
+  old = math.isqrt(max(num_grid, 0))
+  if old * old != num_grid or num_grid == 0:
+    raise ValueError(f"pos_embed of shape {tuple(pos_embed.shape)} with {num_prefix_tokens} prefix "
+                     f"token(s) has {num_grid} grid entries, not a square grid")
+  if (gh, gw) == (old, old):
+    return pos_embed
+  prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+  grid = grid.reshape(1, old, old, -1).astype(jnp.float32)
+  grid = resize_bilinear(grid, gh, gw).reshape(1, gh * gw, -1).astype(pos_embed.dtype)
+  return jnp.concatenate([prefix, grid], axis=1)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
-from flaxderm.models import pretrained
+from flaxderm.models import weights
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 
@@ -272,9 +272,9 @@ register_rules("resnet", NameRules(head=("fc",)))
 
 
 for _tag in (
-    pretrained.torchvision_tag("resnet18.tv_in1k", "resnet18", "resnet18-f37072fd.pth"),
-    pretrained.torchvision_tag("resnet50.tv_in1k", "resnet50", "resnet50-0676ba61.pth"),
-    pretrained.torchvision_tag("resnet50.tv2_in1k", "resnet50", "resnet50-11ad3fa6.pth"),
-    pretrained.timm_tag("resnet50.a1_in1k", "resnet50", "timm/resnet50.a1_in1k"),
+    weights.torchvision_tag("resnet18.tv_in1k", "resnet18", "resnet18-f37072fd.pth"),
+    weights.torchvision_tag("resnet50.tv_in1k", "resnet50", "resnet50-0676ba61.pth"),
+    weights.torchvision_tag("resnet50.tv2_in1k", "resnet50", "resnet50-11ad3fa6.pth"),
+    weights.timm_tag("resnet50.a1_in1k", "resnet50", "timm/resnet50.a1_in1k"),
 ):
-  pretrained.register_tag(_tag)
+  weights.register_tag(_tag)

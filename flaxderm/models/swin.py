@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxderm.models import layers
-from flaxderm.models import pretrained
+from flaxderm.models import weights
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 from flaxderm.models.vit import DENSE_INIT, Attention, Block, PatchEmbed
@@ -307,5 +307,5 @@ register_rules("swin", NameRules(rules=(("head.fc", "head"),), head=("head.fc",)
                                  derived=r"(^|\.)(relative_position_index|attn_mask)$"))
 
 
-pretrained.register_tag(pretrained.timm_tag("swin_tiny.ms_in1k", "swin_tiny",
-                                            "timm/swin_tiny_patch4_window7_224.ms_in1k"))
+weights.register_tag(weights.timm_tag("swin_tiny.ms_in1k", "swin_tiny",
+                                      "timm/swin_tiny_patch4_window7_224.ms_in1k"))

@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.encoder import ConvNet, check_plain_convnet, conv2d
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import ConvNet, check_plain_convnet, conv2d
 
 Dtype = Any
 

@@ -31,7 +31,7 @@ Encoder (``features_only=True``): the output of the last block at each stride le
 strides 2, 4, 8, 16, 32); ``conv_head`` is not part of the encoder.
 
 ``output_stride`` 16 or 8 trades the stride of the last stages for dilation of their depthwise
-convs (timm's rule, see ``resnet.stage_dilations``); inputs must be divisible by
+convs (timm's rule, see ``encoder.stage_dilations``); inputs must be divisible by
 ``output_stride`` (32 by default). ``drop_path_rate`` grows linearly over the blocks, block i of n
 getting ``rate * i / n`` (timm's EfficientNet rule).
 """
@@ -45,9 +45,9 @@ import jax.numpy as jnp
 
 from flaxderm.models import layers
 from flaxderm.models import weights
+from flaxderm.models.encoder import FEATURE_STRIDES, ConvNet, conv2d, stage_dilations
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import FEATURE_STRIDES, ConvNet, conv2d, stage_dilations
 
 Dtype = Any
 

@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.encoder import CONV_INIT, ConvNet, check_plain_convnet
 from flaxderm.models.naming import NORM_CHILDREN, NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import CONV_INIT, ConvNet, check_plain_convnet
 
 Dtype = Any
 Kernel = int | tuple[int, int]

@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.encoder import CONV_INIT, ConvNet, check_plain_convnet, conv2d
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import CONV_INIT, ConvNet, check_plain_convnet, conv2d
 
 Dtype = Any
 

@@ -47,10 +47,10 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.encoder import CONV_INIT, ConvNet, conv2d
 from flaxderm.models.inception import check_unpadded_input
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import CONV_INIT, ConvNet, conv2d
 
 Dtype = Any
 

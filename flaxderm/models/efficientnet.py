@@ -24,7 +24,7 @@ a timm state dict converts mechanically: ``blocks.1.0.conv_dw.weight`` ->
 ``params/blocks_1_0/conv_dw/kernel`` (OIHW -> HWIO), ``blocks.1.0.bn2.running_var`` ->
 ``batch_stats/blocks_1_0/bn2/bn/var``. Two names differ: norms add a level (``bn`` or ``gn``, see
 ``layers.Norm``) and the SE convs are ``se/reduce`` and ``se/expand`` (timm's ``se.conv_reduce``,
-``se.conv_expand``; ``layers.SqueezeExcite``).
+``se.conv_expand``; ``attention.SqueezeExcite``).
 
 Encoder (``features_only=True``): the output of the last block at each stride level, timm's
 ``features_only`` maps (blocks 0, 1, 2, 4, 6 for both variants: 16, 24, 40, 112, 320 channels at
@@ -45,6 +45,7 @@ import jax.numpy as jnp
 
 from flaxderm.models import layers
 from flaxderm.models import weights
+from flaxderm.models.attention import SqueezeExcite
 from flaxderm.models.encoder import FEATURE_STRIDES, ConvNet, conv2d, stage_dilations
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
@@ -128,8 +129,8 @@ class InvertedResidual(nn.Module):
                padding=self.padding, use_bias=use_bias, name="conv_dw", **common)(y)
     y, i = act(norm(i)(y, train)), i + 1
     if self.se_ratio:
-      y = layers.SqueezeExcite(max(1, round(in_features * self.se_ratio)), act=self.act,
-                               name="se", **common)(y)
+      y = SqueezeExcite(max(1, round(in_features * self.se_ratio)), act=self.act, name="se",
+                        **common)(y)
     y = conv2d(self.features, 1, use_bias=use_bias, name="conv_pwl" if expand else "conv_pw",
                **common)(y)
     y = norm(i, nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y, train)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from flaxderm.models import layers
+from flaxderm.models.attention import ChannelGate
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
@@ -62,20 +63,6 @@ class PositionAttention(nn.Module):
     # smp reshapes the (pixels, channels) product straight to (channels, H, W).
     attended = attended.reshape(n, c, h, w).transpose(0, 2, 3, 1)
     return conv(c, 3, "out_conv")(x + attended)
-
-
-class ChannelGate(nn.Module):
-  """Squeeze-excitation's gate alone: global average -> 1x1 -> ReLU -> 1x1 -> sigmoid."""
-  reduced_features: int
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    conv = lambda f, name: nn.Conv(f, (1, 1), kernel_init=DECODER_INIT, dtype=self.dtype,
-                                   param_dtype=self.param_dtype, name=name)
-    s = nn.relu(conv(self.reduced_features, "reduce")(jnp.mean(x, (1, 2), keepdims=True)))
-    return nn.sigmoid(conv(x.shape[-1], "expand")(s))
 
 
 class FusionAttention(nn.Module):

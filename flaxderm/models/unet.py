@@ -14,7 +14,8 @@
   ``segmentation_head.0`` -> ``segmentation_head``, ``classification_head.3`` ->
   ``classification_head/fc``, ``encoder.*`` -> ``encoder/*`` (the encoder family's own mapping).
 
-The encoder, heads, decoder attention and init constants come from ``segmentation.py``.
+The encoder, heads and init constants come from ``segmentation.py``, the decoder attention from
+``attention.py``.
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from flaxderm.models import layers
+from flaxderm.models.attention import decoder_attention
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (DECODER_INIT, Dtype, SegmentationModel, attention,
-                                          hashable_options, upsample_nearest)
+from flaxderm.models.segmentation import (DECODER_INIT, Dtype, SegmentationModel, hashable_options,
+                                          upsample_nearest)
 
 UPSAMPLINGS = ("transpose", "bilinear")
 
@@ -51,11 +53,11 @@ class UNetBlock(nn.Module):
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if skip is not None:
       x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
-      x = attention(self.attention, x.shape[-1], "attention1", train=train, **common)(x)
+      x = decoder_attention(self.attention, x.shape[-1], "attention1", train=train, **common)(x)
     for name in ("conv1", "conv2"):
       x = layers.ConvNormAct(self.features, 3, norm=self.norm, kernel_init=DECODER_INIT,
                              name=name, **common)(x, train)
-    return attention(self.attention, self.features, "attention2", train=train, **common)(x)
+    return decoder_attention(self.attention, self.features, "attention2", train=train, **common)(x)
 
 
 def depth_to_space2x(y: jax.Array, features: int) -> jax.Array:
@@ -119,7 +121,7 @@ class UNet(SegmentationModel):
     norm: normalisation of every conv this model builds (the whole original U-Net; the decoder when
       there is an encoder, smp's ``decoder_use_norm``): "batch", "group" or "none". The encoder's
       own norm goes in ``encoder_kwargs``.
-    decoder_attention: one of ``segmentation.ATTENTIONS`` (smp's "scse", ...), after each skip
+    decoder_attention: one of ``attention.ATTENTIONS`` (smp's "scse", ...), after each skip
       concatenation and each decoder block.
   """
   encoder_name: str | None = None

@@ -208,7 +208,8 @@ class EfficientNet(ConvNet):
     return self.head(x, train, name="classifier")
 
 
-@register_model(task="classification", family="efficientnet", default_input_size=224)
+@register_model(task="classification", family="efficientnet", default_input_size=224,
+                test_options={})
 def efficientnet_b0(*, num_classes: int, **options) -> EfficientNet:
   """EfficientNet-B0 as timm's ``efficientnet_b0`` (SiLU, SE); 5.3M parameters at 1000 classes."""
   return EfficientNet(num_classes=num_classes, model_name="efficientnet_b0", **options)

@@ -31,8 +31,8 @@ from flaxderm.models import layers
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (DECODER_INIT, Dtype, SegmentationModel, check_choice,
-                                          hashable_options)
+from flaxderm.models.segmentation import (DECODER_INIT, TEST_ENCODER, Dtype, SegmentationModel,
+                                          check_choice, hashable_options)
 from flaxderm.models.unet import depth_to_space2x
 
 PREFINAL_CHANNELS = 32  # smp's Linknet fixes the last decoder width
@@ -136,7 +136,8 @@ class LinkNet(SegmentationModel):
     return y
 
 
-@register_model(task="segmentation", family="linknet", default_input_size=256)
+@register_model(task="segmentation", family="linknet", default_input_size=256,
+                test_options=TEST_ENCODER)
 def linknet(*, num_classes: int, **options) -> LinkNet:
   """LinkNet (additive skips, 4x4 transposed-conv upsampling) on an encoder (resnet34)."""
   return LinkNet(num_classes=num_classes, **hashable_options(options))

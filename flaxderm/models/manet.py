@@ -35,8 +35,8 @@ from flaxderm.models.attention import ChannelGate
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (DECODER_INIT, Dtype, SegmentationModel, check_choice,
-                                          hashable_options, upsample_nearest)
+from flaxderm.models.segmentation import (DECODER_INIT, TEST_ENCODER, Dtype, SegmentationModel,
+                                          check_choice, hashable_options, upsample_nearest)
 from flaxderm.models.unet import UNetBlock, unet_block_rules
 
 SE_REDUCTION = 16  # smp's MFAB squeeze-excitation reduction
@@ -123,7 +123,9 @@ class MANet(SegmentationModel):
     return y
 
 
-@register_model(task="segmentation", family="manet", default_input_size=256)
+@register_model(task="segmentation", family="manet", default_input_size=256,
+                test_options={**TEST_ENCODER, "decoder_channels": (64, 32, 16, 8, 8),
+                              "decoder_pab_channels": 16})
 def manet(*, num_classes: int, **options) -> MANet:
   """MA-Net (position-wise and multi-scale fusion attention) on an encoder (resnet34)."""
   return MANet(num_classes=num_classes, **hashable_options(options))

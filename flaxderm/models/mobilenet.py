@@ -47,7 +47,8 @@ class MobileNetV2(EfficientNet):
   features_include_head: bool = True
 
 
-@register_model(task="classification", family="mobilenet", default_input_size=224)
+@register_model(task="classification", family="mobilenet", default_input_size=224,
+                test_options={})
 def mobilenet_v2(*, num_classes: int, **options) -> MobileNetV2:
   """MobileNetV2 width 1.0 (torchvision, timm ``mobilenetv2_100``); 3.5M parameters at 1000
   classes."""

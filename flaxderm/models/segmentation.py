@@ -28,6 +28,9 @@ Dtype = Any
 # for heads. Same variance as Ronneberger's Gaussian sqrt(2 / fan_in): one init serves both forms.
 DECODER_INIT = nn.initializers.kaiming_uniform()
 HEAD_INIT = nn.initializers.xavier_uniform()
+# The encoder of the decoders' test configurations (``test_options``, registry.py): a ResNet-18 with
+# one block per stage, which compiles in seconds on a CPU.
+TEST_ENCODER = {"encoder_name": "resnet18", "encoder_kwargs": {"depths": (1, 1, 1, 1)}}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -198,7 +198,8 @@ def check_unet_options(model: str, encoder_name: str | None, options: dict):
     raise ValueError(f"{model}: option(s) {', '.join(given)} {which}")
 
 
-@register_model(task="segmentation", family="unet", default_input_size=256)
+@register_model(task="segmentation", family="unet", default_input_size=256,
+                test_options={"base_width": 16})
 def unet(*, num_classes: int, encoder_name: str | None = None, **options) -> UNet:
   """U-Net: the original (encoder_name=None, base width 64, depth 4) or smp's Unet on an encoder."""
   check_unet_options("unet", encoder_name, options)

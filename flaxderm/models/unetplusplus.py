@@ -32,8 +32,8 @@ from flaxderm.models.attention import ATTENTIONS
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (SegmentationModel, check_choice, hashable_options,
-                                          upsample_nearest)
+from flaxderm.models.segmentation import (TEST_ENCODER, SegmentationModel, check_choice,
+                                          hashable_options, upsample_nearest)
 from flaxderm.models.unet import UNetBlock, unet_block_rules
 
 
@@ -83,7 +83,8 @@ class UNetPlusPlus(SegmentationModel):
     return node(0, depth, nodes[0, depth - 1], None)
 
 
-@register_model(task="segmentation", family="unetplusplus", default_input_size=256)
+@register_model(task="segmentation", family="unetplusplus", default_input_size=256,
+                test_options={**TEST_ENCODER, "decoder_channels": (64, 32, 16, 8, 8)})
 def unetplusplus(*, num_classes: int, **options) -> UNetPlusPlus:
   """U-Net++ (nested dense skip pathways) on an encoder (resnet34), smp's ``UnetPlusPlus``."""
   return UNetPlusPlus(num_classes=num_classes, **hashable_options(options))

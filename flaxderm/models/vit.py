@@ -54,6 +54,10 @@ Dtype = Any
 DENSE_INIT = nn.initializers.truncated_normal(0.02)
 # Token-map strides from which the parameter-free pyramid reaches the encoder strides 4..32.
 PYRAMID_STRIDES = (4, 8, 16, 32)
+# Grad-CAM's default layer (flaxderm/explain.py): the last block's norm1, pytorch-grad-cam's ViT
+# recipe. After the last block the patch tokens no longer reach the class token, so their
+# gradients vanish.
+GRADCAM_LAYER = r"blocks_\d+/norm1"
 
 
 class PatchEmbed(nn.Module):
@@ -255,19 +259,22 @@ def _vit(model_name: str, *, embed_dim: int, num_heads: int, num_classes: int, *
                            num_heads=num_heads, model_name=model_name, **options)
 
 
-@register_model(task="classification", family="vit", default_input_size=224)
+@register_model(task="classification", family="vit", default_input_size=224,
+                gradcam_layer=GRADCAM_LAYER, test_options={})
 def vit_tiny(*, num_classes: int, **options) -> VisionTransformer:
   """ViT-Ti/16 (timm vit_tiny_patch16_224): width 192, 12 blocks, 3 heads, 5.7M parameters."""
   return _vit("vit_tiny", embed_dim=192, num_heads=3, num_classes=num_classes, **options)
 
 
-@register_model(task="classification", family="vit", default_input_size=224)
+@register_model(task="classification", family="vit", default_input_size=224,
+                gradcam_layer=GRADCAM_LAYER)
 def vit_small(*, num_classes: int, **options) -> VisionTransformer:
   """ViT-S/16 (timm vit_small_patch16_224): width 384, 12 blocks, 6 heads, 22.1M parameters."""
   return _vit("vit_small", embed_dim=384, num_heads=6, num_classes=num_classes, **options)
 
 
-@register_model(task="classification", family="vit", default_input_size=224)
+@register_model(task="classification", family="vit", default_input_size=224,
+                gradcam_layer=GRADCAM_LAYER)
 def vit_base(*, num_classes: int, **options) -> VisionTransformer:
   """ViT-B/16 (timm vit_base_patch16_224): width 768, 12 blocks, 12 heads, 86.6M parameters."""
   return _vit("vit_base", embed_dim=768, num_heads=12, num_classes=num_classes, **options)

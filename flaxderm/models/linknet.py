@@ -47,7 +47,7 @@ class TransposedConv4x4(nn.Module):
 
   Each output phase (a, b) of the transposed conv sees a 2x2 input neighbourhood through four of the
   sixteen taps; gathering them into one 3x3 kernel avoids the input-dilated convolution that
-  ``lax.conv_transpose`` lowers to, which XLA:CPU runs slowly (DESIGN.md, ``unet.Upsample2x``):
+  ``lax.conv_transpose`` lowers to, which XLA:CPU runs slowly (see ``unet.Upsample2x``):
   forward plus gradient on (8, 64, 64, 32) -> 32 channels took 0.7-0.9 s against 7-10 s for
   ``nn.ConvTranspose`` on a loaded 2-core CPU.
 

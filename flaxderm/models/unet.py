@@ -72,9 +72,10 @@ class Upsample2x(nn.Module):
 
   ``"transpose"`` is ``ConvTranspose(features, (2, 2), strides=(2, 2))`` written as a bias-free 1x1
   conv to ``4 * features`` channels, depth-to-space, then one bias per output channel: on XLA:CPU
-  the transposed conv cost ~40% of a U-Net step and this form ~none (DESIGN.md). Each output pixel
-  sees exactly one input pixel through one kernel tap, so the two are the same map. Weight
-  mapping, with ``W = params["proj"]["kernel"]`` of shape (1, 1, Cin, 4 * F):
+  the transposed conv cost ~40% of a U-Net step and this form ~none (1.65 s -> 1.0 s per step at
+  base width 32, 128 px, batch 8; benchmarks/NOTES.md). Each output pixel sees exactly one input
+  pixel through one kernel tap, so the two are the same map. Weight mapping, with
+  ``W = params["proj"]["kernel"]`` of shape (1, 1, Cin, 4 * F):
 
   * flax ``nn.ConvTranspose`` kernel ``K`` (2, 2, Cin, F), ``transpose_kernel=False``:
     ``W[0, 0, c, (2a + b) * F + o] = K[1 - a, 1 - b, c, o]`` (lax.conv_transpose applies the kernel

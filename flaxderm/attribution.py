@@ -55,9 +55,6 @@ CAM_METHODS = ("gradcam", "gradcampp")
 DEFAULT_STEPS = 64
 # Register tokens and the like: a token sequence has at most this many before its patch grid.
 MAX_PREFIX_TOKENS = 8
-# Families whose default CAM layer is not their submodules' last map on the coarsest grid (see
-# the module docstring): patterns over the module path inside the encoder, the last match wins.
-FAMILY_LAYERS = {"vit": r"blocks_\d+/norm1", "swin": r"layers_\d+"}
 # pytorch-grad-cam's scale_cam_image: x - min, divided by this plus the max.
 SCALE_EPS = 1e-7
 
@@ -140,12 +137,12 @@ def cam_layers(model: nn.Module, variables, x: jax.Array) -> dict[str, Layer]:
 
 def default_layer(model: nn.Module, model_name: str, layers: dict[str, Layer]) -> str:
   """The default CAM layer of ``model`` (registered as ``model_name``); see the module docstring."""
-  prefix, family = "", model_entry(model_name).family
+  prefix, entry = "", model_entry(model_name)
   if isinstance(model, SegmentationModel) and model.encoder_name is not None:
-    prefix, family = "encoder/", model_entry(model.encoder_name).family
+    prefix, entry = "encoder/", model_entry(model.encoder_name)
   inside = [name[len(prefix):] for name in layers if name.startswith(prefix)]
-  if family in FAMILY_LAYERS:
-    candidates = [n for n in inside if re.fullmatch(FAMILY_LAYERS[family], n)]
+  if entry.gradcam_layer:  # a pattern over the module paths inside it, the last match wins
+    candidates = [n for n in inside if re.fullmatch(entry.gradcam_layer, n)]
   else:
     children = [n for n in inside if "/" not in n]
     coarsest = min((np.prod(layers[prefix + n].grid) for n in children), default=None)

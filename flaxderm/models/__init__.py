@@ -1,5 +1,28 @@
 """flaxderm's model zoo: ``create_model(name, *, num_classes, **kwargs)`` and ``list_models()``.
 
+What lives here: one module per architecture family (``resnet.py``, ``unet.py`` ...), which
+registers its variants with ``@register_model`` (registry.py) and, at its bottom, its PyTorch naming
+rules (``naming.register_rules``) and weight tags (``weights.register_tag``); and the shared modules
+the families build on, named in ``SHARED_MODULES``:
+
+* registry.py: ``create_model``, ``list_models``, ``model_entry``, ``register_model``.
+* layers.py: convolutions, norms, pooling, resizing. attention.py: squeeze-excitation and the other
+  channel/spatial attention blocks. encoder.py: ``ConvNet``, the base of the CNN classifiers.
+  segmentation.py: ``SegmentationModel``, the base of the encoder-decoder models.
+* naming.py: PyTorch <-> flax module paths. weights.py: weight tags (pure data).
+* convert.py (PyTorch checkpoints <-> variables) and pretrained.py (loading weights), which the
+  families never import: ``import flaxderm.models`` loads neither them nor optax.
+
+Every module of this package not in ``SHARED_MODULES`` is a family module and is imported here, so
+a new architecture is one file with its ``@register_model`` functions: the registry, the shared
+model tests (tests/models/test_models.py, through the variant that declares ``test_options``) and Grad-CAM
+(``gradcam_layer``) pick it up from its registration. A new shared module must be added to
+``SHARED_MODULES`` (tests/models/test_models.py checks that every family module registers a model).
+
+What the modules may import: flax, jax, numpy and each other, shared modules not importing family
+modules; nothing from the rest of flaxderm (data, losses, training) and no optimiser library.
+torch and safetensors only inside convert.py's readers.
+
 The encoder contract (smp-style, shared by every classification family):
 
 * A classification model is a ``flax.linen.Module`` called as ``model.apply(variables, x, train)``
@@ -15,13 +38,17 @@ The encoder contract (smp-style, shared by every classification family):
 Segmentation models take any registered classification model by ``encoder_name`` and return
 per-pixel logits ``(N, H, W, num_classes)`` at the input size.
 """
+import importlib
+import pkgutil
+
 from flaxderm.models.registry import ModelEntry, create_model, list_models, model_entry, register_model
 
-# Importing a family registers its variants.
-from flaxderm.models import (  # noqa: E402,F401  classification
-    resnet, efficientnet, mobilenet, vit, swin, densenet, vgg, inception, xception)
-from flaxderm.models import (  # noqa: E402,F401  segmentation
-    unet, unetplusplus, linknet, manet, fpn, pspnet, pan, upernet, deeplab, attention_unet, segnet,
-    fcn, transunet, codec)
+SHARED_MODULES = frozenset({"attention", "convert", "encoder", "layers", "naming", "pretrained",
+                            "registry", "segmentation", "weights"})
+
+# Importing a family module registers its variants.
+for _module in pkgutil.iter_modules(__path__):
+  if _module.name not in SHARED_MODULES:
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model"]

@@ -80,7 +80,8 @@ class AttentionUNet(UNet):
     return gate(skip, gating)
 
 
-@register_model(task="segmentation", family="attention_unet", default_input_size=256)
+@register_model(task="segmentation", family="attention_unet", default_input_size=256,
+                test_options={"base_width": 16})
 def attention_unet(*, num_classes: int, encoder_name: str | None = None,
                    **options) -> AttentionUNet:
   """Attention U-Net (Oktay et al. 2018): U-Net with additive attention gates on the skips."""

@@ -105,7 +105,7 @@ class SepDilatedCodec(nn.Module):
     return layers.resize_bilinear(y, x.shape[1], x.shape[2])
 
 
-@register_model(task="segmentation", family="codec", default_input_size=256)
+@register_model(task="segmentation", family="codec", default_input_size=256, test_options={})
 def sepdilated_codec(*, num_classes: int, **options) -> SepDilatedCodec:
   """Paper 004's separable-conv + dilated-pyramid encoder-decoder; ~3x fewer params than a U-Net."""
   return SepDilatedCodec(num_classes=num_classes, **hashable_options(options))

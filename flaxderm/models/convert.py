@@ -23,7 +23,7 @@ Pipeline, ``torch -> flax``:
    ``batch_stats`` ``mean``/``var``; anything else (``cls_token``, ``pos_embed``, bias tables) by
    name. ViT's fused ``qkv`` stays fused: flaxderm's attention keeps timm's (3, heads, head_dim)
    output order, so the kernel is only transposed. Two leaves adapt to another model size:
-   ``pos_embed`` is resampled to the model's patch grid (``vit.resample_position_embedding``) and
+   ``pos_embed`` is resampled to the model's patch grid (``layers.resample_position_embedding``) and
    Swin's relative position bias table is cropped to a clamped window (the same relative offsets).
    Strict (no ``rng``, for parity and round trips): every checkpoint key must find a leaf of the
    right shape and every leaf a key. Given an ``rng`` (``pretrained.load_pretrained``), the head
@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from flaxderm.models import naming
+from flaxderm.models import layers, naming
 from flaxderm.models.naming import FlaxPath, NameRules, family_rules, flax_path, under
 from flaxderm.models.registry import model_entry
 
@@ -322,7 +322,6 @@ def _to_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
 
 
 def _resample_pos_embed(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-  from flaxderm.models.vit import resample_position_embedding
   if value.ndim != 3 or len(shape) != 3 or value.shape[2] != shape[2]:
     return None
   prefix = 1  # the class token
@@ -330,7 +329,7 @@ def _resample_pos_embed(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
   if grid * grid != shape[1] - prefix:
     return None
   try:
-    return np.asarray(resample_position_embedding(jnp.asarray(value), grid, prefix))
+    return np.asarray(layers.resample_position_embedding(jnp.asarray(value), grid, prefix))
   except ValueError:
     return None
 

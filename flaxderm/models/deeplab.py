@@ -47,7 +47,7 @@ from flaxderm.models import layers
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules, separable)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import SegmentationModel, hashable_options
+from flaxderm.models.segmentation import TEST_ENCODER, SegmentationModel, hashable_options
 
 DEFAULT_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
@@ -138,7 +138,8 @@ def deeplabv3(*, num_classes: int, **options) -> DeepLabV3:
   return DeepLabV3(num_classes=num_classes, **hashable_options(options))
 
 
-@register_model(task="segmentation", family="deeplab", default_input_size=256)
+@register_model(task="segmentation", family="deeplab", default_input_size=256,
+                test_options=TEST_ENCODER)
 def deeplabv3plus(*, num_classes: int, **options) -> DeepLabV3Plus:
   """DeepLabV3+ (ASPP + stride-4 decoder) on a CNN encoder (resnet50) at output stride 16 or 8."""
   return DeepLabV3Plus(num_classes=num_classes, **hashable_options(options))

@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.encoder import ConvNet, check_plain_convnet, conv2d
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import ConvNet, check_plain_convnet, conv2d
 
 Dtype = Any
 
@@ -160,7 +160,8 @@ def _densenet(model_name: str, depths: Sequence[int], /, *, num_classes: int,
                   **{"depths": tuple(depths), **options})
 
 
-@register_model(task="classification", family="densenet", default_input_size=224)
+@register_model(task="classification", family="densenet", default_input_size=224,
+                test_options={"depths": (1, 2, 2, 1), "growth_rate": 8})
 def densenet121(*, num_classes: int, **options) -> DenseNet:
   """DenseNet-121 (blocks 6-12-24-16, growth 32) as timm's; 8.0M parameters at 1000 classes."""
   return _densenet("densenet121", (6, 12, 24, 16), num_classes=num_classes, **options)

@@ -24,14 +24,14 @@ a timm state dict converts mechanically: ``blocks.1.0.conv_dw.weight`` ->
 ``params/blocks_1_0/conv_dw/kernel`` (OIHW -> HWIO), ``blocks.1.0.bn2.running_var`` ->
 ``batch_stats/blocks_1_0/bn2/bn/var``. Two names differ: norms add a level (``bn`` or ``gn``, see
 ``layers.Norm``) and the SE convs are ``se/reduce`` and ``se/expand`` (timm's ``se.conv_reduce``,
-``se.conv_expand``; ``layers.SqueezeExcite``).
+``se.conv_expand``; ``attention.SqueezeExcite``).
 
 Encoder (``features_only=True``): the output of the last block at each stride level, timm's
 ``features_only`` maps (blocks 0, 1, 2, 4, 6 for both variants: 16, 24, 40, 112, 320 channels at
 strides 2, 4, 8, 16, 32); ``conv_head`` is not part of the encoder.
 
 ``output_stride`` 16 or 8 trades the stride of the last stages for dilation of their depthwise
-convs (timm's rule, see ``resnet.stage_dilations``); inputs must be divisible by
+convs (timm's rule, see ``encoder.stage_dilations``); inputs must be divisible by
 ``output_stride`` (32 by default). ``drop_path_rate`` grows linearly over the blocks, block i of n
 getting ``rate * i / n`` (timm's EfficientNet rule).
 """
@@ -44,10 +44,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flaxderm.models import layers
-from flaxderm.models import pretrained
+from flaxderm.models import weights
+from flaxderm.models.attention import SqueezeExcite
+from flaxderm.models.encoder import FEATURE_STRIDES, ConvNet, conv2d, stage_dilations
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import FEATURE_STRIDES, ConvNet, conv2d, stage_dilations
 
 Dtype = Any
 
@@ -128,8 +129,8 @@ class InvertedResidual(nn.Module):
                padding=self.padding, use_bias=use_bias, name="conv_dw", **common)(y)
     y, i = act(norm(i)(y, train)), i + 1
     if self.se_ratio:
-      y = layers.SqueezeExcite(max(1, round(in_features * self.se_ratio)), act=self.act,
-                               name="se", **common)(y)
+      y = SqueezeExcite(max(1, round(in_features * self.se_ratio)), act=self.act, name="se",
+                        **common)(y)
     y = conv2d(self.features, 1, use_bias=use_bias, name="conv_pwl" if expand else "conv_pw",
                **common)(y)
     y = norm(i, nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y, train)
@@ -207,7 +208,8 @@ class EfficientNet(ConvNet):
     return self.head(x, train, name="classifier")
 
 
-@register_model(task="classification", family="efficientnet", default_input_size=224)
+@register_model(task="classification", family="efficientnet", default_input_size=224,
+                test_options={})
 def efficientnet_b0(*, num_classes: int, **options) -> EfficientNet:
   """EfficientNet-B0 as timm's ``efficientnet_b0`` (SiLU, SE); 5.3M parameters at 1000 classes."""
   return EfficientNet(num_classes=num_classes, model_name="efficientnet_b0", **options)
@@ -248,13 +250,11 @@ register_rules("efficientnet", NameRules(rules=TIMM_SE_RULES, head=("classifier"
 
 
 for _tag in (
-    *(pretrained.lite_package_tag(k, size) for k, size in ((0, 224), (1, 240), (2, 260))),
-    pretrained.torchvision_tag("efficientnet_b0.tv_in1k", "efficientnet_b0",
-                               "efficientnet_b0_rwightman-7f5810bc.pth"),
-    pretrained.timm_tag("efficientnet_b0.ra_in1k", "efficientnet_b0",
-                        "timm/efficientnet_b0.ra_in1k"),
-    pretrained.timm_tag("efficientnet_lite0.in1k", "efficientnet_lite0",
-                        "timm/tf_efficientnet_lite0.in1k", pretrained.SYMMETRIC,
-                        pretrained.SYMMETRIC),
+    *(weights.lite_package_tag(k, size) for k, size in ((0, 224), (1, 240), (2, 260))),
+    weights.torchvision_tag("efficientnet_b0.tv_in1k", "efficientnet_b0",
+                            "efficientnet_b0_rwightman-7f5810bc.pth"),
+    weights.timm_tag("efficientnet_b0.ra_in1k", "efficientnet_b0", "timm/efficientnet_b0.ra_in1k"),
+    weights.timm_tag("efficientnet_lite0.in1k", "efficientnet_lite0",
+                     "timm/tf_efficientnet_lite0.in1k", weights.SYMMETRIC, weights.SYMMETRIC),
 ):
-  pretrained.register_tag(_tag)
+  weights.register_tag(_tag)

@@ -46,7 +46,8 @@ import flax.linen as nn
 from flaxderm.models import layers
 from flaxderm.models.naming import SEGMENTATION_HEAD_RULES, NameRules, register_rules
 from flaxderm.models.registry import model_entry, register_model
-from flaxderm.models.segmentation import DECODER_INIT, SegmentationModel, hashable_options
+from flaxderm.models.segmentation import (DECODER_INIT, TEST_ENCODER, SegmentationModel,
+                                          hashable_options)
 
 VGG_FC_CHANNELS = 4096
 
@@ -118,7 +119,8 @@ class FCN8s(SegmentationModel):
     return upscore("upscore_pool4")(y) + score("score_pool3")(pool3)
 
 
-@register_model(task="segmentation", family="fcn", default_input_size=256)
+@register_model(task="segmentation", family="fcn", default_input_size=256,
+                test_options=TEST_ENCODER)
 def fcn8s(*, num_classes: int, **options) -> FCN8s:
   """FCN-8s (Long et al. 2015): stride-8/16/32 score layers fused by learned 2x upsamplings."""
   return FCN8s(num_classes=num_classes, **hashable_options(options))

@@ -29,8 +29,8 @@ from flaxderm.models import layers
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (DECODER_INIT, SegmentationModel, hashable_options,
-                                          upsample_nearest)
+from flaxderm.models.segmentation import (DECODER_INIT, TEST_ENCODER, SegmentationModel,
+                                          hashable_options, upsample_nearest)
 
 MERGE_POLICIES = ("add", "cat")
 INTERPOLATIONS = ("nearest", "bilinear")
@@ -94,7 +94,9 @@ class FPN(SegmentationModel):
     return layers.resize_bilinear(x, h, w)
 
 
-@register_model(task="segmentation", family="fpn", default_input_size=256)
+@register_model(task="segmentation", family="fpn", default_input_size=256,
+                test_options={**TEST_ENCODER, "pyramid_channels": 32,
+                              "segmentation_channels": 16})
 def fpn(*, num_classes: int, **options) -> FPN:
   """FPN (top-down pyramid, stride-4 merge) on any encoder (resnet34), smp's FPN."""
   return FPN(num_classes=num_classes, **hashable_options(options))

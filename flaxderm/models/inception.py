@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.encoder import CONV_INIT, ConvNet, check_plain_convnet
 from flaxderm.models.naming import NORM_CHILDREN, NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import CONV_INIT, ConvNet, check_plain_convnet
 
 Dtype = Any
 Kernel = int | tuple[int, int]
@@ -252,7 +252,7 @@ class InceptionV3(ConvNet):
 
 
 @register_model(task="classification", family="inception", default_input_size=299,
-                min_input_size=InceptionV3.min_input_size)
+                min_input_size=InceptionV3.min_input_size, test_options={})
 def inception_v3(*, num_classes: int, **options) -> InceptionV3:
   """Inception-v3 (timm inception_v3, no auxiliary logits); 23.8M parameters at 1000 classes."""
   return InceptionV3(num_classes=num_classes, model_name="inception_v3", **options)

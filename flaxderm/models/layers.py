@@ -399,106 +399,6 @@ class SeparableConv(nn.Module):
     return ConvNormAct(self.features, 1, name="pointwise", **common)(x, train)
 
 
-class SqueezeExcite(nn.Module):
-  """Squeeze-and-excitation: global average -> reduce (1x1 + act) -> expand (1x1 + gate) -> rescale."""
-  reduced_features: int
-  act: str | Callable = "relu"
-  gate: str | Callable = "sigmoid"
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.Conv(self.reduced_features, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                name="reduce")(s)
-    s = activation(self.act)(s)
-    s = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                name="expand")(s)
-    return x * activation(self.gate)(s)
-
-
-class ECA(nn.Module):
-  """Efficient channel attention (Wang et al. 2020): a 1-D conv across the pooled channel vector.
-
-  ``kernel_size`` None adapts it to the channel count as ECA-Net does (|log2(C)/gamma +
-  beta/gamma| rounded up to odd: 3 below 128 channels, 5 from 128 to 2047); an int fixes it.
-  """
-  gamma: int = 2
-  beta: int = 1
-  kernel_size: int | None = None
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    k = self.kernel_size
-    if k is None:
-      k = int(abs(math.log2(c) / self.gamma + self.beta / self.gamma))
-      k = k if k % 2 else k + 1
-    s = jnp.mean(x, axis=(1, 2))[..., None]  # (N, C, 1): channels as a 1-D sequence
-    s = nn.Conv(1, (k,), padding="SAME", use_bias=False, dtype=self.dtype,
-                param_dtype=self.param_dtype, name="conv")(s)
-    return x * nn.sigmoid(s[:, None, None, :, 0])
-
-
-class CBAM(nn.Module):
-  """Convolutional block attention (Woo et al. 2018): channel attention from average- and max-pooled
-  descriptors through a shared MLP, then spatial attention from a 7x7 conv over channel mean/max."""
-  reduction: int = 16
-  spatial_kernel: int = 7
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    hidden = nn.Dense(max(c // self.reduction, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                      name="mlp_in")
-    out = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_out")
-    mlp = lambda v: out(nn.relu(hidden(v)))
-    channel = nn.sigmoid(mlp(jnp.mean(x, axis=(1, 2))) + mlp(jnp.max(x, axis=(1, 2))))
-    x = x * channel[:, None, None, :]
-    pooled = jnp.concatenate([jnp.mean(x, -1, keepdims=True), jnp.max(x, -1, keepdims=True)], -1)
-    k = self.spatial_kernel
-    spatial = nn.Conv(1, (k, k), padding=conv_padding(k), use_bias=False, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="spatial")(pooled)
-    return x * nn.sigmoid(spatial)
-
-
-class CoordAttention(nn.Module):
-  """Coordinate attention (Hou et al. 2021, "Coordinate Attention for Efficient Mobile Network
-  Design"); APC-UNet (paper 004 §2) puts it in a U-Net decoder for positional information.
-
-  The map is average-pooled along W (one C-vector per row) and along H (one per column); the two
-  sequences are joined and passed through one shared 1x1 conv (with bias, as Hou's code) -> norm
-  -> hard-swish to ``max(min_hidden, C // reduction)`` channels, split again, and each half
-  becomes a sigmoid gate by its own 1x1 conv. The output is ``x * gate_h[row] * gate_w[col]``: the
-  row gate varies only along H, the column gate only along W. Hou's defaults: reduction 32,
-  at least 8 hidden channels, BatchNorm (statistics over both sequences together).
-  """
-  reduction: int = 32
-  min_hidden: int = 8
-  norm: str = "batch"
-  act: str | Callable = "hard_swish"
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    _, h, _, c = x.shape
-    common = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
-    rows = jnp.mean(x, axis=2)  # (N, H, C)
-    cols = jnp.mean(x, axis=1)  # (N, W, C)
-    y = jnp.concatenate([rows, cols], axis=1)[:, :, None, :]  # (N, H + W, 1, C)
-    y = ConvNormAct(max(self.min_hidden, c // self.reduction), 1, norm=self.norm, act=self.act,
-                    name="reduce", **common)(y, train)
-    gate_h = nn.sigmoid(conv(c, 1, name="gate_h", **common)(y[:, :h]))  # (N, H, 1, C)
-    gate_w = nn.sigmoid(conv(c, 1, name="gate_w", **common)(y[:, h:]))  # (N, W, 1, C)
-    return x * gate_h * gate_w.transpose(0, 2, 1, 3)
-
-
 class ASPP(nn.Module):
   """Atrous spatial pyramid pooling (DeepLabV3): a 1x1 branch, one 3x3 branch per atrous rate
   (optionally depthwise-separable), and an image-pooling branch, concatenated, then a 1x1 projection
@@ -575,5 +475,23 @@ def resize_bilinear(x: jax.Array, height: int, width: int, *, align_corners: boo
   return interp(interp(x, 1, h, height), 2, w, width)
 
 
-def upsample2x_nearest(x: jax.Array) -> jax.Array:
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+def resample_position_embedding(pos_embed: jax.Array, new_grid: int | Sequence[int],
+                                num_prefix_tokens: int = 1) -> jax.Array:
+  """Resamples a ``(1, num_prefix_tokens + g * g, D)`` position embedding to ``new_grid`` (an int or
+  ``(height, width)`` in patches): the square grid part is resized bilinearly (PyTorch's
+  ``align_corners=False``, no antialiasing) in float32, the prefix tokens are kept as they are.
+  Equals timm's ``resample_abs_pos_embed(..., interpolation="bilinear", antialias=False)``."""
+  gh, gw = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
+  if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
+    raise ValueError(f"pos_embed must have shape (1, tokens, dim), got {tuple(pos_embed.shape)}")
+  num_grid = pos_embed.shape[1] - num_prefix_tokens
+  old = math.isqrt(max(num_grid, 0))
+  if old * old != num_grid or num_grid == 0:
+    raise ValueError(f"pos_embed of shape {tuple(pos_embed.shape)} with {num_prefix_tokens} prefix "
+                     f"token(s) has {num_grid} grid entries, not a square grid")
+  if (gh, gw) == (old, old):
+    return pos_embed
+  prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+  grid = grid.reshape(1, old, old, -1).astype(jnp.float32)
+  grid = resize_bilinear(grid, gh, gw).reshape(1, gh * gw, -1).astype(pos_embed.dtype)
+  return jnp.concatenate([prefix, grid], axis=1)

@@ -31,8 +31,8 @@ from flaxderm.models import layers
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (DECODER_INIT, Dtype, SegmentationModel, check_choice,
-                                          hashable_options)
+from flaxderm.models.segmentation import (DECODER_INIT, TEST_ENCODER, Dtype, SegmentationModel,
+                                          check_choice, hashable_options)
 from flaxderm.models.unet import depth_to_space2x
 
 PREFINAL_CHANNELS = 32  # smp's Linknet fixes the last decoder width
@@ -47,7 +47,7 @@ class TransposedConv4x4(nn.Module):
 
   Each output phase (a, b) of the transposed conv sees a 2x2 input neighbourhood through four of the
   sixteen taps; gathering them into one 3x3 kernel avoids the input-dilated convolution that
-  ``lax.conv_transpose`` lowers to, which XLA:CPU runs slowly (DESIGN.md, ``unet.Upsample2x``):
+  ``lax.conv_transpose`` lowers to, which XLA:CPU runs slowly (see ``unet.Upsample2x``):
   forward plus gradient on (8, 64, 64, 32) -> 32 channels took 0.7-0.9 s against 7-10 s for
   ``nn.ConvTranspose`` on a loaded 2-core CPU.
 
@@ -136,7 +136,8 @@ class LinkNet(SegmentationModel):
     return y
 
 
-@register_model(task="segmentation", family="linknet", default_input_size=256)
+@register_model(task="segmentation", family="linknet", default_input_size=256,
+                test_options=TEST_ENCODER)
 def linknet(*, num_classes: int, **options) -> LinkNet:
   """LinkNet (additive skips, 4x4 transposed-conv upsampling) on an encoder (resnet34)."""
   return LinkNet(num_classes=num_classes, **hashable_options(options))

@@ -31,11 +31,12 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from flaxderm.models import layers
+from flaxderm.models.attention import ChannelGate
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (DECODER_INIT, Dtype, SegmentationModel, check_choice,
-                                          hashable_options, upsample_nearest)
+from flaxderm.models.segmentation import (DECODER_INIT, TEST_ENCODER, Dtype, SegmentationModel,
+                                          check_choice, hashable_options, upsample_nearest)
 from flaxderm.models.unet import UNetBlock, unet_block_rules
 
 SE_REDUCTION = 16  # smp's MFAB squeeze-excitation reduction
@@ -62,20 +63,6 @@ class PositionAttention(nn.Module):
     # smp reshapes the (pixels, channels) product straight to (channels, H, W).
     attended = attended.reshape(n, c, h, w).transpose(0, 2, 3, 1)
     return conv(c, 3, "out_conv")(x + attended)
-
-
-class ChannelGate(nn.Module):
-  """Squeeze-excitation's gate alone: global average -> 1x1 -> ReLU -> 1x1 -> sigmoid."""
-  reduced_features: int
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    conv = lambda f, name: nn.Conv(f, (1, 1), kernel_init=DECODER_INIT, dtype=self.dtype,
-                                   param_dtype=self.param_dtype, name=name)
-    s = nn.relu(conv(self.reduced_features, "reduce")(jnp.mean(x, (1, 2), keepdims=True)))
-    return nn.sigmoid(conv(x.shape[-1], "expand")(s))
 
 
 class FusionAttention(nn.Module):
@@ -136,7 +123,9 @@ class MANet(SegmentationModel):
     return y
 
 
-@register_model(task="segmentation", family="manet", default_input_size=256)
+@register_model(task="segmentation", family="manet", default_input_size=256,
+                test_options={**TEST_ENCODER, "decoder_channels": (64, 32, 16, 8, 8),
+                              "decoder_pab_channels": 16})
 def manet(*, num_classes: int, **options) -> MANet:
   """MA-Net (position-wise and multi-scale fusion attention) on an encoder (resnet34)."""
   return MANet(num_classes=num_classes, **hashable_options(options))

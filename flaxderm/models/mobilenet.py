@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from flaxderm.models.efficientnet import TIMM_SE_RULES, EfficientNet, Stage
-from flaxderm.models import pretrained
+from flaxderm.models import weights
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 
@@ -47,7 +47,8 @@ class MobileNetV2(EfficientNet):
   features_include_head: bool = True
 
 
-@register_model(task="classification", family="mobilenet", default_input_size=224)
+@register_model(task="classification", family="mobilenet", default_input_size=224,
+                test_options={})
 def mobilenet_v2(*, num_classes: int, **options) -> MobileNetV2:
   """MobileNetV2 width 1.0 (torchvision, timm ``mobilenetv2_100``); 3.5M parameters at 1000
   classes."""
@@ -58,7 +59,7 @@ register_rules("mobilenet", NameRules(rules=TIMM_SE_RULES, head=("classifier",))
 
 
 for _tag in (
-    pretrained.torchvision_tag("mobilenet_v2.tv_in1k", "mobilenet_v2", "mobilenet_v2-b0353104.pth"),
-    pretrained.timm_tag("mobilenet_v2.ra_in1k", "mobilenet_v2", "timm/mobilenetv2_100.ra_in1k"),
+    weights.torchvision_tag("mobilenet_v2.tv_in1k", "mobilenet_v2", "mobilenet_v2-b0353104.pth"),
+    weights.timm_tag("mobilenet_v2.ra_in1k", "mobilenet_v2", "timm/mobilenetv2_100.ra_in1k"),
 ):
-  pretrained.register_tag(_tag)
+  weights.register_tag(_tag)

@@ -44,7 +44,7 @@ from flaxderm.models import layers
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (DECODER_INIT, Dtype, SegmentationModel,
+from flaxderm.models.segmentation import (DECODER_INIT, TEST_ENCODER, Dtype, SegmentationModel,
                                           hashable_options, upsample_nearest)
 
 OUTPUT_STRIDES = (16, 32)
@@ -149,7 +149,8 @@ class PAN(SegmentationModel):
     return y
 
 
-@register_model(task="segmentation", family="pan", default_input_size=256)
+@register_model(task="segmentation", family="pan", default_input_size=256,
+                test_options={**TEST_ENCODER, "decoder_channels": 16})
 def pan(*, num_classes: int, **options) -> PAN:
   """PAN (feature pyramid attention + global attention upsampling) on a CNN encoder (resnet34)."""
   return PAN(num_classes=num_classes, **hashable_options(options))

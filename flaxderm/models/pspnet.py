@@ -32,7 +32,8 @@ from flaxderm.models import layers
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import DECODER_INIT, SegmentationModel, hashable_options
+from flaxderm.models.segmentation import (DECODER_INIT, TEST_ENCODER, SegmentationModel,
+                                          hashable_options)
 
 BIN_SIZES = (1, 2, 3, 6)
 ENCODER_DEPTHS = (3, 4, 5)
@@ -76,7 +77,8 @@ class PSPNet(SegmentationModel):
     return nn.Dropout(self.psp_dropout, broadcast_dims=(1, 2), deterministic=not train)(y)
 
 
-@register_model(task="segmentation", family="pspnet", default_input_size=256)
+@register_model(task="segmentation", family="pspnet", default_input_size=256,
+                test_options={**TEST_ENCODER, "psp_out_channels": 32})
 def pspnet(*, num_classes: int, **options) -> PSPNet:
   """PSPNet (pyramid pooling on the stride-8 map) on any encoder (resnet34), smp's PSPNet."""
   return PSPNet(num_classes=num_classes, **hashable_options(options))

@@ -4,13 +4,24 @@ A family file registers each variant with ``@register_model``; the decorated fun
 keyword arguments and returns a ``flax.linen.Module``. Keyword arguments are checked against the
 variant's signature and against the module's fields, so a typo is a ValueError naming the model and
 the closest valid keywords instead of a silently ignored option.
+
+Besides what a variant is (task, family, input sizes), its registration declares what the rest of
+flaxderm needs to know about it, so that a new architecture is its file alone:
+
+* ``test_options``: the small configuration tests/models/test_models.py compiles, runs and
+  differentiates for the family (``{}``: the defaults). One variant per family declares it; the
+  others are traced only.
+* ``gradcam_layer``: a regex over module paths inside the model (inside the encoder, when the
+  model is a segmentation model's encoder) naming the default Grad-CAM layers, the last match
+  winning; None: the default rule (the coarsest top-level map) suits it.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import inspect
-from typing import Any, Callable
+import re
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 
@@ -28,20 +39,29 @@ class ModelEntry:
   # The smallest input side the classifier accepts, where unpadded convolutions set one
   # (Inception-v3); None: any size the model's stride allows.
   min_input_size: int | None = None
+  # See the module docstring.
+  test_options: Mapping[str, Any] | None = None
+  gradcam_layer: str | None = None
 
 
 def register_model(*, task: str, family: str, default_input_size: int = 224,
-                   min_input_size: int | None = None):
-  """Decorator: registers ``fn`` under its own name. ``fn(**kwargs) -> nn.Module``."""
+                   min_input_size: int | None = None,
+                   test_options: Mapping[str, Any] | None = None,
+                   gradcam_layer: str | None = None):
+  """Decorator: registers ``fn`` under its own name. ``fn(**kwargs) -> nn.Module``. See the
+  module docstring for ``test_options`` and ``gradcam_layer``."""
   if task not in ("classification", "segmentation"):
     raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+  if gradcam_layer is not None:
+    re.compile(gradcam_layer)  # a bad pattern fails here, not when someone explains a prediction
 
   def wrap(fn):
     if fn.__name__ in _REGISTRY:
       raise ValueError(f"model {fn.__name__!r} is registered twice")
     doc = (fn.__doc__ or "").strip().splitlines()
     _REGISTRY[fn.__name__] = ModelEntry(fn.__name__, fn, task, family, default_input_size,
-                                        doc[0] if doc else "", min_input_size)
+                                        doc[0] if doc else "", min_input_size, test_options,
+                                        gradcam_layer)
     return fn
 
   return wrap
@@ -84,7 +104,6 @@ def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
   entry = model_entry(name)
   if not isinstance(num_classes, int) or num_classes < 0:
     raise ValueError(f"{name}: num_classes must be a non-negative int, got {num_classes!r}")
-  probe = None
   try:
     sig_params = inspect.signature(entry.factory).parameters
     takes_var_kw = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in sig_params.values())

@@ -7,8 +7,8 @@ options as fields and implements ``decode(features, train)`` over the encoder's 
 the segmentation head (conv, then resize to the input size when the decoder ends at a coarser
 stride) and smp's optional auxiliary classification head on the deepest features.
 
-Also here: the decoder attention modules selected by name (``decoder_attention``), the init
-constants (smp's ``initialize_decoder``/``initialize_head``) and the option helpers.
+Also here: the init constants (smp's ``initialize_decoder``/``initialize_head``) and the option
+helpers. The decoder attention selected by name (``decoder_attention``) is in attention.py.
 """
 from __future__ import annotations
 
@@ -24,16 +24,13 @@ from flaxderm.models.registry import create_model
 
 Dtype = Any
 
-# Decoder attention by name: smp's "scse" and "se", CBAM (Woo et al. 2018), ECA (Wang et al. 2020)
-# and coordinate attention ("coord", Hou et al. 2021, APC-UNet's decoder in paper 004 §2).
-ATTENTIONS = (None, "scse", "se", "cbam", "eca", "coord")
-# Paper 004 (§2) reports k_size 5 for the ECA of Wang et al.'s dermoscopy U-Net; the decoder fixes
-# it rather than use ECA-Net's channel-adaptive rule, which gives 3 below 128 channels.
-ECA_KERNEL_SIZE = 5
 # smp's initialize_decoder: Kaiming-uniform (fan in, ReLU gain) for decoder convs, Xavier-uniform
 # for heads. Same variance as Ronneberger's Gaussian sqrt(2 / fan_in): one init serves both forms.
 DECODER_INIT = nn.initializers.kaiming_uniform()
 HEAD_INIT = nn.initializers.xavier_uniform()
+# The encoder of the decoders' test configurations (``test_options``, registry.py): a ResNet-18 with
+# one block per stage, which compiles in seconds on a CPU.
+TEST_ENCODER = {"encoder_name": "resnet18", "encoder_kwargs": {"depths": (1, 1, 1, 1)}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,51 +107,8 @@ class ClassificationHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# Decoder attention and resizing.
+# Resizing.
 # ------------------------------------------------------------------------------------------------
-class SCSE(nn.Module):
-  """Concurrent spatial and channel squeeze-excitation (Roy et al. 2018), smp's ``scse``:
-  ``x * cSE(x) + x * sSE(x)``. The channel branch keeps at least one hidden unit where smp's
-  ``c // 16`` is 0 (c < 16), which leaves smp's gate a constant; from 16 channels up they match."""
-  reduction: int = 16
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    conv = lambda f, name: nn.Conv(f, (1, 1), kernel_init=DECODER_INIT, dtype=self.dtype,
-                                   param_dtype=self.param_dtype, name=name)
-    c = x.shape[-1]
-    s = nn.relu(conv(max(c // self.reduction, 1), "cse_reduce")(jnp.mean(x, (1, 2), keepdims=True)))
-    channel = nn.sigmoid(conv(c, "cse_expand")(s))
-    spatial = nn.sigmoid(conv(1, "sse")(x))
-    return x * channel + x * spatial
-
-
-def attention(kind: str | None, channels: int, name: str, dtype: Dtype | None, param_dtype: Dtype,
-              train: bool | None = None):
-  """The attention applied to a ``channels``-channel map, as a function of the map (identity for
-  None). ``train`` (the caller's flag) is required by "coord", whose BatchNorm depends on it."""
-  common = dict(dtype=dtype, param_dtype=param_dtype, name=name)
-  if kind is None:
-    return lambda x: x
-  if kind == "scse":
-    return SCSE(**common)
-  if kind == "se":
-    return layers.SqueezeExcite(max(channels // 16, 1), **common)
-  if kind == "cbam":
-    return layers.CBAM(**common)
-  if kind == "eca":
-    return layers.ECA(kernel_size=ECA_KERNEL_SIZE, **common)
-  if kind == "coord":
-    if train is None:
-      raise ValueError(f"decoder_attention 'coord' ({name}) has BatchNorm: its decoder must pass "
-                       f"train to segmentation.attention()")
-    coordinate = layers.CoordAttention(**common)
-    return lambda x: coordinate(x, train)
-  raise ValueError(f"decoder_attention must be one of {ATTENTIONS}, got {kind!r}")
-
-
 def upsample_nearest(x: jax.Array, height: int, width: int) -> jax.Array:
   """Nearest upsampling by the integer factors that reach (height, width) (PyTorch's
   ``F.interpolate(mode="nearest")`` for integer factors; a factor of 1 is a no-op)."""

@@ -84,7 +84,8 @@ class SegNet(nn.Module):
                    dtype=self.dtype, param_dtype=self.param_dtype, name="segmentation_head")(x)
 
 
-@register_model(task="segmentation", family="segnet", default_input_size=256)
+@register_model(task="segmentation", family="segnet", default_input_size=256,
+                test_options={"base_width": 8})
 def segnet(*, num_classes: int, **options) -> SegNet:
   """SegNet (Badrinarayanan et al. 2017): VGG16-BN encoder, decoder upsampling by pool indices."""
   return SegNet(num_classes=num_classes, **hashable_options(options))

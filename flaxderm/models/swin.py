@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxderm.models import layers
-from flaxderm.models import pretrained
+from flaxderm.models import weights
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 from flaxderm.models.vit import DENSE_INIT, Attention, Block, PatchEmbed
@@ -57,6 +57,9 @@ Pair = tuple[int, int]
 # query) stays finite.
 MASK_VALUE = -100.0
 NORM_EPS = 1e-5
+# Grad-CAM's default layer (flaxderm/explain.py): the last stage's output. The default rule would
+# take the final LayerNorm, the last top-level map on the coarsest grid.
+GRADCAM_LAYER = r"layers_\d+"
 
 
 def window_partition(x, window: Pair):
@@ -282,21 +285,24 @@ def _swin(model_name: str, *, embed_dim: int, depths: Sequence[int], num_heads: 
                          **options)
 
 
-@register_model(task="classification", family="swin", default_input_size=224)
+@register_model(task="classification", family="swin", default_input_size=224,
+                gradcam_layer=GRADCAM_LAYER, test_options={})
 def swin_tiny(*, num_classes: int, **options) -> SwinTransformer:
   """Swin-T (timm swin_tiny_patch4_window7_224): width 96, depths 2-2-6-2, 28.3M parameters."""
   return _swin("swin_tiny", embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
                num_classes=num_classes, **options)
 
 
-@register_model(task="classification", family="swin", default_input_size=224)
+@register_model(task="classification", family="swin", default_input_size=224,
+                gradcam_layer=GRADCAM_LAYER)
 def swin_small(*, num_classes: int, **options) -> SwinTransformer:
   """Swin-S (timm swin_small_patch4_window7_224): width 96, depths 2-2-18-2, 49.6M parameters."""
   return _swin("swin_small", embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
                num_classes=num_classes, **options)
 
 
-@register_model(task="classification", family="swin", default_input_size=224)
+@register_model(task="classification", family="swin", default_input_size=224,
+                gradcam_layer=GRADCAM_LAYER)
 def swin_base(*, num_classes: int, **options) -> SwinTransformer:
   """Swin-B (timm swin_base_patch4_window7_224): width 128, depths 2-2-18-2, 87.8M parameters."""
   return _swin("swin_base", embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
@@ -307,5 +313,5 @@ register_rules("swin", NameRules(rules=(("head.fc", "head"),), head=("head.fc",)
                                  derived=r"(^|\.)(relative_position_index|attn_mask)$"))
 
 
-pretrained.register_tag(pretrained.timm_tag("swin_tiny.ms_in1k", "swin_tiny",
-                                            "timm/swin_tiny_patch4_window7_224.ms_in1k"))
+weights.register_tag(weights.timm_tag("swin_tiny.ms_in1k", "swin_tiny",
+                                      "timm/swin_tiny_patch4_window7_224.ms_in1k"))

@@ -124,7 +124,8 @@ class TransUNet(UNet):
     return super().decode([features[0], *pyramid], train)
 
 
-@register_model(task="segmentation", family="transunet", default_input_size=256)
+@register_model(task="segmentation", family="transunet", default_input_size=256,
+                test_options={"encoder_name": "vit_tiny", "img_size": 64})
 def transunet(*, num_classes: int, **options) -> TransUNet:
   """TransUNet, pure-ViT form: a ViT (vit_base), a learned token pyramid, smp's U-Net decoder."""
   check_unet_options("transunet", options.get("encoder_name", TransUNet.encoder_name), options)

@@ -14,7 +14,8 @@
   ``segmentation_head.0`` -> ``segmentation_head``, ``classification_head.3`` ->
   ``classification_head/fc``, ``encoder.*`` -> ``encoder/*`` (the encoder family's own mapping).
 
-The encoder, heads, decoder attention and init constants come from ``segmentation.py``.
+The encoder, heads and init constants come from ``segmentation.py``, the decoder attention from
+``attention.py``.
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from flaxderm.models import layers
+from flaxderm.models.attention import decoder_attention
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (DECODER_INIT, Dtype, SegmentationModel, attention,
-                                          hashable_options, upsample_nearest)
+from flaxderm.models.segmentation import (DECODER_INIT, Dtype, SegmentationModel, hashable_options,
+                                          upsample_nearest)
 
 UPSAMPLINGS = ("transpose", "bilinear")
 
@@ -51,11 +53,11 @@ class UNetBlock(nn.Module):
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if skip is not None:
       x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
-      x = attention(self.attention, x.shape[-1], "attention1", train=train, **common)(x)
+      x = decoder_attention(self.attention, x.shape[-1], "attention1", train=train, **common)(x)
     for name in ("conv1", "conv2"):
       x = layers.ConvNormAct(self.features, 3, norm=self.norm, kernel_init=DECODER_INIT,
                              name=name, **common)(x, train)
-    return attention(self.attention, self.features, "attention2", train=train, **common)(x)
+    return decoder_attention(self.attention, self.features, "attention2", train=train, **common)(x)
 
 
 def depth_to_space2x(y: jax.Array, features: int) -> jax.Array:
@@ -70,9 +72,10 @@ class Upsample2x(nn.Module):
 
   ``"transpose"`` is ``ConvTranspose(features, (2, 2), strides=(2, 2))`` written as a bias-free 1x1
   conv to ``4 * features`` channels, depth-to-space, then one bias per output channel: on XLA:CPU
-  the transposed conv cost ~40% of a U-Net step and this form ~none (DESIGN.md). Each output pixel
-  sees exactly one input pixel through one kernel tap, so the two are the same map. Weight
-  mapping, with ``W = params["proj"]["kernel"]`` of shape (1, 1, Cin, 4 * F):
+  the transposed conv cost ~40% of a U-Net step and this form ~none (1.65 s -> 1.0 s per step at
+  base width 32, 128 px, batch 8; benchmarks/NOTES.md). Each output pixel sees exactly one input
+  pixel through one kernel tap, so the two are the same map. Weight mapping, with
+  ``W = params["proj"]["kernel"]`` of shape (1, 1, Cin, 4 * F):
 
   * flax ``nn.ConvTranspose`` kernel ``K`` (2, 2, Cin, F), ``transpose_kernel=False``:
     ``W[0, 0, c, (2a + b) * F + o] = K[1 - a, 1 - b, c, o]`` (lax.conv_transpose applies the kernel
@@ -119,7 +122,7 @@ class UNet(SegmentationModel):
     norm: normalisation of every conv this model builds (the whole original U-Net; the decoder when
       there is an encoder, smp's ``decoder_use_norm``): "batch", "group" or "none". The encoder's
       own norm goes in ``encoder_kwargs``.
-    decoder_attention: one of ``segmentation.ATTENTIONS`` (smp's "scse", ...), after each skip
+    decoder_attention: one of ``attention.ATTENTIONS`` (smp's "scse", ...), after each skip
       concatenation and each decoder block.
   """
   encoder_name: str | None = None
@@ -196,7 +199,8 @@ def check_unet_options(model: str, encoder_name: str | None, options: dict):
     raise ValueError(f"{model}: option(s) {', '.join(given)} {which}")
 
 
-@register_model(task="segmentation", family="unet", default_input_size=256)
+@register_model(task="segmentation", family="unet", default_input_size=256,
+                test_options={"base_width": 16})
 def unet(*, num_classes: int, encoder_name: str | None = None, **options) -> UNet:
   """U-Net: the original (encoder_name=None, base width 64, depth 4) or smp's Unet on an encoder."""
   check_unet_options("unet", encoder_name, options)

@@ -28,10 +28,11 @@ from typing import Sequence
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.attention import ATTENTIONS
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import (ATTENTIONS, SegmentationModel, check_choice,
+from flaxderm.models.segmentation import (TEST_ENCODER, SegmentationModel, check_choice,
                                           hashable_options, upsample_nearest)
 from flaxderm.models.unet import UNetBlock, unet_block_rules
 
@@ -43,7 +44,7 @@ class UNetPlusPlus(SegmentationModel):
     decoder_channels: widths of the top-row nodes ``x_0_0 .. x_0_4`` (strides 16, 8, 4, 2, 1).
     norm: normalisation of the decoder convs (smp's ``decoder_use_norm``): "batch", "group" or
       "none". The encoder's own norm goes in ``encoder_kwargs``.
-    decoder_attention: one of ``segmentation.ATTENTIONS`` (smp's ``decoder_attention_type``
+    decoder_attention: one of ``attention.ATTENTIONS`` (smp's ``decoder_attention_type``
       "scse", ...), after each skip concatenation and each node.
   """
   decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
@@ -82,7 +83,8 @@ class UNetPlusPlus(SegmentationModel):
     return node(0, depth, nodes[0, depth - 1], None)
 
 
-@register_model(task="segmentation", family="unetplusplus", default_input_size=256)
+@register_model(task="segmentation", family="unetplusplus", default_input_size=256,
+                test_options={**TEST_ENCODER, "decoder_channels": (64, 32, 16, 8, 8)})
 def unetplusplus(*, num_classes: int, **options) -> UNetPlusPlus:
   """U-Net++ (nested dense skip pathways) on an encoder (resnet34), smp's ``UnetPlusPlus``."""
   return UNetPlusPlus(num_classes=num_classes, **hashable_options(options))

@@ -32,7 +32,8 @@ from flaxderm.models import layers
 from flaxderm.models.naming import (SEGMENTATION_HEAD_RULES, SEGMENTATION_HEADS, NameRules,
                                      conv_norm, register_rules)
 from flaxderm.models.registry import register_model
-from flaxderm.models.segmentation import DECODER_INIT, SegmentationModel, hashable_options
+from flaxderm.models.segmentation import (DECODER_INIT, TEST_ENCODER, SegmentationModel,
+                                          hashable_options)
 
 BIN_SIZES = (1, 2, 3, 6)
 
@@ -75,7 +76,8 @@ class UPerNet(SegmentationModel):
     return block(3, "decoder_fusion_block")(y, train)
 
 
-@register_model(task="segmentation", family="upernet", default_input_size=256)
+@register_model(task="segmentation", family="upernet", default_input_size=256,
+                test_options={**TEST_ENCODER, "decoder_channels": 32})
 def upernet(*, num_classes: int, **options) -> UPerNet:
   """UPerNet (pyramid pooling + FPN, fused at stride 4) on any encoder (resnet34), smp's UperNet."""
   return UPerNet(num_classes=num_classes, **hashable_options(options))

@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.encoder import CONV_INIT, ConvNet, check_plain_convnet, conv2d
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import CONV_INIT, ConvNet, check_plain_convnet, conv2d
 
 Dtype = Any
 
@@ -122,7 +122,8 @@ def _vgg(model_name: str, stages: Sequence[Sequence[int]], norm: str, /, *, num_
              **{"stages": tuple(map(tuple, stages)), "norm": norm, **options})
 
 
-@register_model(task="classification", family="vgg", default_input_size=224)
+@register_model(task="classification", family="vgg", default_input_size=224,
+                test_options={"mlp_ratio": 1 / 64})
 def vgg16(*, num_classes: int, **options) -> VGG:
   """VGG-16 (configuration D, no norm) as timm's ``vgg16``; 138.4M parameters at 1000 classes."""
   return _vgg("vgg16", VGG16, "none", num_classes=num_classes, **options)

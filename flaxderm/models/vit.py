@@ -14,8 +14,8 @@ head_dim), timm's order.
 Other input sizes: the position embedding is created for ``img_size`` and, for any other input
 size, its grid part is resampled bilinearly (half-pixel centres, no antialiasing: PyTorch's
 ``F.interpolate(mode="bilinear", align_corners=False)``) to the new patch grid inside the forward
-pass; the class token's entry is kept. ``resample_position_embedding`` is the same function for
-converting checkpoints. Inputs must be a multiple of the patch size. (timm's own default for
+pass; the class token's entry is kept. ``layers.resample_position_embedding`` is the same function
+for converting checkpoints. Inputs must be a multiple of the patch size. (timm's own default for
 dynamic sizes is bicubic with antialiasing, so at sizes other than ``img_size`` the two differ.)
 
 Dropout options follow timm: ``drop_rate`` before the head, ``proj_drop_rate`` on the attention
@@ -34,8 +34,7 @@ upsamplings of the stride-16 map, stride 16 the map itself, stride 32 a 2x2 aver
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -43,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxderm.models import layers
-from flaxderm.models import pretrained
+from flaxderm.models import weights
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
 
@@ -55,28 +54,10 @@ Dtype = Any
 DENSE_INIT = nn.initializers.truncated_normal(0.02)
 # Token-map strides from which the parameter-free pyramid reaches the encoder strides 4..32.
 PYRAMID_STRIDES = (4, 8, 16, 32)
-
-
-def resample_position_embedding(pos_embed: jax.Array, new_grid: int | Sequence[int],
-                                num_prefix_tokens: int = 1) -> jax.Array:
-  """Resamples a ``(1, num_prefix_tokens + g * g, D)`` position embedding to ``new_grid`` (an int or
-  ``(height, width)`` in patches): the square grid part is resized bilinearly (PyTorch's
-  ``align_corners=False``, no antialiasing) in float32, the prefix tokens are kept as they are.
-  Equals timm's ``resample_abs_pos_embed(..., interpolation="bilinear", antialias=False)``."""
-  gh, gw = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
-  if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
-    raise ValueError(f"pos_embed must have shape (1, tokens, dim), got {tuple(pos_embed.shape)}")
-  num_grid = pos_embed.shape[1] - num_prefix_tokens
-  old = math.isqrt(max(num_grid, 0))
-  if old * old != num_grid or num_grid == 0:
-    raise ValueError(f"pos_embed of shape {tuple(pos_embed.shape)} with {num_prefix_tokens} prefix "
-                     f"token(s) has {num_grid} grid entries, not a square grid")
-  if (gh, gw) == (old, old):
-    return pos_embed
-  prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-  grid = grid.reshape(1, old, old, -1).astype(jnp.float32)
-  grid = layers.resize_bilinear(grid, gh, gw).reshape(1, gh * gw, -1).astype(pos_embed.dtype)
-  return jnp.concatenate([prefix, grid], axis=1)
+# Grad-CAM's default layer (flaxderm/explain.py): the last block's norm1, pytorch-grad-cam's ViT
+# recipe. After the last block the patch tokens no longer reach the class token, so their
+# gradients vanish.
+GRADCAM_LAYER = r"blocks_\d+/norm1"
 
 
 class PatchEmbed(nn.Module):
@@ -151,9 +132,9 @@ class Attention(nn.Module):
                         preferred_element_type=jnp.float32)
     if bias is not None:
       logits = logits + bias
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    weights = nn.Dropout(self.attn_drop_rate, deterministic=not train)(weights)
-    out = jnp.einsum("...hqk,...khd->...qhd", weights, v).reshape(*lead, n, dim)
+    attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    attn = nn.Dropout(self.attn_drop_rate, deterministic=not train)(attn)
+    out = jnp.einsum("...hqk,...khd->...qhd", attn, v).reshape(*lead, n, dim)
     out = dense(dim, name="proj")(out)
     return nn.Dropout(self.proj_drop_rate, deterministic=not train)(out)
 
@@ -236,7 +217,7 @@ class VisionTransformer(nn.Module):
     grid = self.img_size // p
     pos = self.param("pos_embed", DENSE_INIT, (1, 1 + grid * grid, self.embed_dim),
                      self.param_dtype)
-    pos = resample_position_embedding(pos, (gh, gw))
+    pos = layers.resample_position_embedding(pos, (gh, gw))
     x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.embed_dim)).astype(x.dtype), x], 1)
     x = x + pos.astype(x.dtype)
 
@@ -278,19 +259,22 @@ def _vit(model_name: str, *, embed_dim: int, num_heads: int, num_classes: int, *
                            num_heads=num_heads, model_name=model_name, **options)
 
 
-@register_model(task="classification", family="vit", default_input_size=224)
+@register_model(task="classification", family="vit", default_input_size=224,
+                gradcam_layer=GRADCAM_LAYER, test_options={})
 def vit_tiny(*, num_classes: int, **options) -> VisionTransformer:
   """ViT-Ti/16 (timm vit_tiny_patch16_224): width 192, 12 blocks, 3 heads, 5.7M parameters."""
   return _vit("vit_tiny", embed_dim=192, num_heads=3, num_classes=num_classes, **options)
 
 
-@register_model(task="classification", family="vit", default_input_size=224)
+@register_model(task="classification", family="vit", default_input_size=224,
+                gradcam_layer=GRADCAM_LAYER)
 def vit_small(*, num_classes: int, **options) -> VisionTransformer:
   """ViT-S/16 (timm vit_small_patch16_224): width 384, 12 blocks, 6 heads, 22.1M parameters."""
   return _vit("vit_small", embed_dim=384, num_heads=6, num_classes=num_classes, **options)
 
 
-@register_model(task="classification", family="vit", default_input_size=224)
+@register_model(task="classification", family="vit", default_input_size=224,
+                gradcam_layer=GRADCAM_LAYER)
 def vit_base(*, num_classes: int, **options) -> VisionTransformer:
   """ViT-B/16 (timm vit_base_patch16_224): width 768, 12 blocks, 12 heads, 86.6M parameters."""
   return _vit("vit_base", embed_dim=768, num_heads=12, num_classes=num_classes, **options)
@@ -299,6 +283,6 @@ def vit_base(*, num_classes: int, **options) -> VisionTransformer:
 register_rules("vit", NameRules(head=("head",)))
 
 
-pretrained.register_tag(pretrained.timm_tag(
+weights.register_tag(weights.timm_tag(
     "vit_tiny.augreg_in21k_ft_in1k", "vit_tiny", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
-    pretrained.SYMMETRIC, pretrained.SYMMETRIC))
+    weights.SYMMETRIC, weights.SYMMETRIC))

@@ -47,10 +47,10 @@ import jax
 import jax.numpy as jnp
 
 from flaxderm.models import layers
+from flaxderm.models.encoder import CONV_INIT, ConvNet, conv2d
 from flaxderm.models.inception import check_unpadded_input
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
-from flaxderm.models.resnet import CONV_INIT, ConvNet, conv2d
 
 Dtype = Any
 
@@ -164,7 +164,7 @@ class Xception(ConvNet):
 
 
 @register_model(task="classification", family="xception", default_input_size=299,
-                min_input_size=Xception.min_input_size)
+                min_input_size=Xception.min_input_size, test_options={})
 def xception(*, num_classes: int, **options) -> Xception:
   """Xception (timm legacy_xception, smp's xception encoder); 22.9M parameters at 1000 classes."""
   return Xception(num_classes=num_classes, model_name="xception", **options)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxderm.models import create_model, layers, list_models, segmentation
+from flaxderm.models import create_model, layers, list_models
+from flaxderm.models.attention import ATTENTIONS, ECA, CoordAttention, decoder_attention
 from flaxderm.models.attention_unet import AttentionGate
 from flaxderm.models.fcn import learned_upsample2x
 
@@ -101,7 +102,7 @@ def test_pool_and_unpool_name_bad_shapes():
 # Coordinate attention and the decoder's ECA.
 # ------------------------------------------------------------------------------------------------
 def _coord_apply(x, train=False, **options):
-  module = layers.CoordAttention(**options)
+  module = CoordAttention(**options)
   variables = jax.jit(module.init)(jax.random.key(0), x)
   out = jax.jit(lambda v: module.apply(v, x, train, mutable=["batch_stats"] if train else False))(
       variables)
@@ -138,7 +139,7 @@ def test_coord_attention_gates_follow_each_axis_separately(constant_axis):
 @pytest.mark.parametrize("channels,options,hidden", [
     (64, {}, 8), (64, dict(reduction=4), 16), (512, {}, 16), (64, dict(min_hidden=1), 2)])
 def test_coord_attention_reduction(channels, options, hidden):
-  module = layers.CoordAttention(**options)
+  module = CoordAttention(**options)
   x = jnp.zeros((1, 4, 4, channels))
   params = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)["params"]
   assert params["reduce"]["conv"]["kernel"].shape == (1, 1, channels, hidden)
@@ -155,17 +156,17 @@ def test_decoder_eca_uses_kernel_5_and_eca_alone_adapts():
       assert params[f"decoder_blocks_{i}"][f"attention{j}"]["conv"]["kernel"].shape == (5, 1, 1)
   for channels, k in ((64, 3), (128, 5), (2048, 7)):
     x = jnp.zeros((1, 2, 2, channels))
-    eca = jax.eval_shape(lambda x: layers.ECA().init(jax.random.key(0), x), x)
+    eca = jax.eval_shape(lambda x: ECA().init(jax.random.key(0), x), x)
     assert eca["params"]["conv"]["kernel"].shape == (k, 1, 1), channels
 
 
 def test_coord_attention_in_the_decoder_needs_train():
-  assert "coord" in segmentation.ATTENTIONS and "eca" in segmentation.ATTENTIONS
+  assert "coord" in ATTENTIONS and "eca" in ATTENTIONS
   with pytest.raises(ValueError, match=r"'coord' \(attention1\) has BatchNorm.*pass train"):
-    segmentation.attention("coord", 8, "attention1", None, jnp.float32)
+    decoder_attention("coord", 8, "attention1", None, jnp.float32)
 
 
-@pytest.mark.parametrize("attention", segmentation.ATTENTIONS)
+@pytest.mark.parametrize("attention", ATTENTIONS)
 def test_every_decoder_attention_builds_on_resnet18(attention):
   model = create_model("unet", num_classes=2, encoder_name="resnet18", decoder_attention=attention,
                        decoder_channels=(16, 8, 8, 8, 8))

@@ -1,5 +1,5 @@
 """Weight import without a reference network: name mapping, exact round trips for every registered
-model, heads and encoders, size adaptation, tags, bad files, and the fine-tuning pieces.
+model, heads and encoders, size adaptation, tags, bad files, and the fine-tuning labels.
 
 Checkpoints here are made by ``convert.to_state_dict`` from random variables and saved with
 safetensors, so most tests need no torch; the ones reading PyTorch pickles are marked ``torch``.
@@ -13,14 +13,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
 from flaxderm.models import convert, create_model, list_models, model_entry, naming, pretrained
 from flaxderm.models.efficientnet import Stage
-from flaxderm.models.vit import resample_position_embedding
+from flaxderm.models.layers import resample_position_embedding
 
 # A five-level EfficientNet small enough to build, save and load in a blink.
 TINY_STAGES = (Stage(1, 3, 1, 1, 8), Stage(1, 3, 2, 2, 8), Stage(1, 3, 2, 2, 16),
@@ -414,48 +413,3 @@ def test_param_labels(tiny_unet):
   params = random_variables(classifier)["params"]
   labels = pretrained.param_labels(params, classifier)
   assert {k for k, v in labels.items() if jax.tree.leaves(v)[0] == "decoder"} == {"classifier"}
-
-
-def test_encoder_frozen_for_first_steps(tiny_unet):
-  model, variables = tiny_unet
-  params = variables["params"]
-  tx = pretrained.finetune_optimizer(model, encoder=optax.sgd(0.1), decoder=optax.sgd(1.0),
-                                     freeze_encoder_steps=2)
-  state = tx.init(params)
-  grads = jax.tree.map(jnp.ones_like, params)
-  step = jax.jit(tx.update)
-  for i in range(3):
-    updates, state = step(grads, state, params)
-    encoder = max(float(jnp.abs(u).max()) for u in jax.tree.leaves(updates["encoder"]))
-    decoder = min(float(jnp.abs(u).min()) for k, u in updates.items() if k != "encoder"
-                  for u in jax.tree.leaves(u))
-    assert decoder == pytest.approx(1.0)
-    assert encoder == (0.0 if i < 2 else pytest.approx(0.1))
-
-
-def test_frozen_batchnorm(tiny_unet):
-  model, variables = tiny_unet
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-
-  @jax.jit
-  def frozen_train_step(variables, x):
-    with pretrained.frozen_batchnorm(["encoder"]):
-      return model.apply(variables, x, train=True, mutable=["batch_stats"])
-
-  _, updates = frozen_train_step(variables, x)
-  assert_trees_equal(updates["batch_stats"]["encoder"], variables["batch_stats"]["encoder"])
-  moved = [not np.array_equal(a, b) for k in updates["batch_stats"] if k != "encoder"
-           for a, b in zip(jax.tree.leaves(updates["batch_stats"][k]),
-                           jax.tree.leaves(variables["batch_stats"][k]))]
-  assert moved and all(moved)
-
-  # Everything frozen: a train-mode pass equals the eval-mode pass exactly.
-  classifier = create_model("efficientnet_b0", num_classes=3, drop_rate=0.0, **TINY)
-  cv = jax.jit(classifier.init)({"params": jax.random.key(0)}, x)
-
-  @jax.jit
-  def all_frozen(v, x):
-    with pretrained.frozen_batchnorm([()]):
-      return classifier.apply(v, x, train=True, mutable=["batch_stats"])[0]
-
-  np.testing.assert_array_equal(all_frozen(cv, x), jax.jit(classifier.apply)(cv, x))

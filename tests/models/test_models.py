@@ -1,16 +1,25 @@
 """Every registered model, automatically: init, apply in train and eval mode under jit, finite
 gradients, output shapes, the encoder contract, and bad-input errors. A new registry entry is
-covered here with no new test code."""
+covered here with no new test code: its family file's ``test_options`` (registry.py) say how the
+family is run for real, and flaxderm/models/__init__.py imports the file."""
 from __future__ import annotations
 
 import functools
+import importlib.util
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxderm.models import create_model, list_models, model_entry
+import flaxderm.models
+from flaxderm.models import create_model, list_models, model_entry, registry
 
 SIZE = 64
 NUM_CLASSES = 3
@@ -62,42 +71,23 @@ def test_model_traces_train_and_eval(name, dtype):
 
 
 # Compiling and running every variant costs minutes per large model on a 2-core CPU; the variants
-# of a family share their code, so one per family is run for real numbers, narrowed where the
-# family has width options (same code path, a fraction of the compile and run time). Decoders run
-# on a one-block-per-stage resnet18.
-TINY_ENCODER = {"encoder_name": "resnet18", "encoder_kwargs": {"depths": (1, 1, 1, 1)}}
-RUN_PER_FAMILY = {
-    "resnet": ("resnet18", {}), "efficientnet": ("efficientnet_b0", {}),
-    "mobilenet": ("mobilenet_v2", {}), "vit": ("vit_tiny", {}), "swin": ("swin_tiny", {}),
-    "densenet": ("densenet121", {"depths": (1, 2, 2, 1), "growth_rate": 8}),
-    "vgg": ("vgg16", {"mlp_ratio": 1 / 64}),
-    "inception": ("inception_v3", {}), "xception": ("xception", {}),
-    "unet": ("unet", {"base_width": 16}), "deeplab": ("deeplabv3plus", TINY_ENCODER),
-    "codec": ("sepdilated_codec", {}),
-    "unetplusplus": ("unetplusplus", {**TINY_ENCODER, "decoder_channels": (64, 32, 16, 8, 8)}),
-    "linknet": ("linknet", TINY_ENCODER),
-    "manet": ("manet", {**TINY_ENCODER, "decoder_channels": (64, 32, 16, 8, 8),
-                        "decoder_pab_channels": 16}),
-    "fpn": ("fpn", {**TINY_ENCODER, "pyramid_channels": 32, "segmentation_channels": 16}),
-    "pspnet": ("pspnet", {**TINY_ENCODER, "psp_out_channels": 32}),
-    "pan": ("pan", {**TINY_ENCODER, "decoder_channels": 16}),
-    "upernet": ("upernet", {**TINY_ENCODER, "decoder_channels": 32}),
-    "attention_unet": ("attention_unet", {"base_width": 16}),
-    "segnet": ("segnet", {"base_width": 8}),
-    "fcn": ("fcn8s", TINY_ENCODER),
-    "transunet": ("transunet", {"encoder_name": "vit_tiny", "img_size": 64}),
-}
+# of a family share their code, so one per family is run for real numbers: the variant that
+# declares ``test_options`` at registration, narrowed there where the family has width options
+# (same code path, a fraction of the compile and run time).
+def models_run_for_real() -> list[tuple[str, dict]]:
+  """(name, test options) of every registered variant that declares test options, by name."""
+  return [(n, dict(model_entry(n).test_options)) for n in list_models()
+          if model_entry(n).test_options is not None]
 
 
-def test_every_family_is_run_for_real():
+def test_every_family_is_run_for_real_once():
+  run = [model_entry(n).family for n, _ in models_run_for_real()]
   families = {model_entry(n).family for n in list_models()}
-  assert families == set(RUN_PER_FAMILY), families ^ set(RUN_PER_FAMILY)
+  assert sorted(run) == sorted(families), f"families without test_options: {families - set(run)}"
 
 
-@pytest.mark.parametrize("name,options", sorted(RUN_PER_FAMILY.values()),
-                         ids=sorted(n for n, _ in RUN_PER_FAMILY.values()))
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_model_runs_with_finite_gradients(name, options, dtype):
+def check_runs_with_finite_gradients(name, options, dtype):
+  """Init, forward in eval mode, and finite, non-zero gradients of a train-mode loss, all jitted."""
   model = create_model(name, num_classes=NUM_CLASSES, dtype=dtype, **options)
   x = jax.random.normal(_key(3), (2, _size(name), _size(name), 3))
   variables = jax.jit(functools.partial(_init, model))(x)
@@ -114,6 +104,89 @@ def test_model_runs_with_finite_gradients(name, options, dtype):
   leaves = jax.tree.leaves(grads)
   assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in leaves)
   assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+
+
+@pytest.mark.parametrize("name,options", models_run_for_real(),
+                         ids=[n for n, _ in models_run_for_real()])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_model_runs_with_finite_gradients(name, options, dtype):
+  check_runs_with_finite_gradients(name, options, dtype)
+
+
+THROWAWAY_FAMILY = """
+import flax.linen as nn
+import jax.numpy as jnp
+
+from flaxderm.models.registry import register_model
+
+
+class Throwaway(nn.Module):
+  num_classes: int
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(nn.Conv(4, (3, 3), strides=2, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(jnp.mean(x, axis=(1, 2)))
+
+
+@register_model(task="classification", family="throwaway", test_options={})
+def throwaway_net(*, num_classes, **options):
+  '''A family that exists only in this test.'''
+  return Throwaway(num_classes=num_classes, **options)
+"""
+
+
+def test_a_new_family_file_is_run_by_the_shared_tests(tmp_path, monkeypatch):
+  """A family is its file and its @register_model: registered, the shared tests run it."""
+  monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # restored afterwards
+  path = tmp_path / "throwaway_family.py"
+  path.write_text(THROWAWAY_FAMILY)
+  spec = importlib.util.spec_from_file_location("throwaway_family", path)
+  spec.loader.exec_module(importlib.util.module_from_spec(spec))
+  assert ("throwaway_net", {}) in models_run_for_real()
+  check_runs_with_finite_gradients("throwaway_net", {}, jnp.float32)
+
+
+def test_every_family_module_is_imported_and_registers_a_model():
+  """flaxderm/models/__init__.py imports every module not in SHARED_MODULES as a family; one that
+  registers nothing is a shared module missing from that list."""
+  modules = {m.name for m in pkgutil.iter_modules(flaxderm.models.__path__)}
+  registering = {model_entry(n).factory.__module__.rpartition(".")[2] for n in list_models()}
+  assert registering == modules - flaxderm.models.SHARED_MODULES
+
+
+def test_importing_the_models_loads_no_converter_or_optimiser():
+  """Model code stays light: convert.py (and pretrained.py, which needs it) and optax load only
+  when asked for."""
+  code = ("import sys, flaxderm.models; "
+          "print(sorted(m for m in ('flaxderm.models.convert', 'flaxderm.models.pretrained', "
+          "'optax') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1]).stdout
+  assert out.strip() == "[]"
+
+
+def _module_paths(name: str) -> set[str]:
+  """The paths of the modules called in the model's forward pass."""
+  model = create_model(name, num_classes=NUM_CLASSES)
+  x = jnp.zeros((1, _size(name), _size(name), 3))
+  variables = jax.eval_shape(functools.partial(_init, model), x)
+  paths = set()
+
+  def record(next_fun, args, kwargs, context):
+    paths.add("/".join(context.module.path))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda v, x: _apply(model, v, x, False), variables, x)
+  return paths
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if model_entry(n).gradcam_layer])
+def test_gradcam_layer_names_modules_of_the_model(name):
+  pattern = model_entry(name).gradcam_layer
+  assert any(re.fullmatch(pattern, p) for p in _module_paths(name)), (name, pattern)
 
 
 @pytest.mark.parametrize("name", list_models(task="classification"))

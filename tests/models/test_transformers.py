@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from flaxderm.models import create_model
+from flaxderm.models.layers import resample_position_embedding
 from flaxderm.models.swin import SwinBlock, SwinTransformer, shifted_window_mask
-from flaxderm.models.vit import VisionTransformer, resample_position_embedding
+from flaxderm.models.vit import VisionTransformer
 
 # timm 1.0: sum of parameter sizes at 224 px, 1000 classes.
 TIMM_COUNTS = {

@@ -6,7 +6,9 @@ base: a trained run read back (``load_run``, ``restore``) and the options every 
 
 * ``experiment``: train an experiment, its sweep or its K folds (the default command).
 * ``evaluate`` (with ``calibration``), ``predict``, ``export``, ``explain``, ``report``,
-  ``compare``: the commands of the same names; ``crossval`` trains and summarises K folds.
+  ``compare``: the commands of the same names; ``crossval`` trains and summarises K folds;
+  ``case_table`` reads a run's per-case table (``evaluation/cases.csv``) for evaluate, report and
+  compare.
 
 May import: every other layer of flaxderm (``train``, ``data``, ``models``, ``losses``,
 ``metrics``, ``attribution``); nothing below imports ``flaxderm.tools``.

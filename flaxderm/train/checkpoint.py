@@ -47,6 +47,17 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def _options(name: str, *, max_to_keep: int, read_only: bool) -> ocp.CheckpointManagerOptions:
+  # Both managers save the same step when an evaluation improves the best score, and orbax names
+  # its cross-process barriers after the step folder ("4.orbax-checkpoint-tmp"): without a prefix
+  # per manager, one manager's barrier on one process pairs with the other's on another, and
+  # process 0 finalises a checkpoint that process 1 is still writing (tests/train/
+  # test_train_parallel.py::test_two_processes_train_together_like_one failed so, under load).
+  return ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
+
+
 class Checkpointer:
   """The run's two checkpoint managers. ``keep``: how many latest checkpoints to keep."""
 
@@ -54,12 +65,10 @@ class Checkpointer:
     workdir = Path(workdir).resolve()
     self.latest = ocp.CheckpointManager(
         workdir / LATEST, item_names=("weights", "train", "data", "meta"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                             read_only=read_only))
+        options=_options(LATEST, max_to_keep=keep, read_only=read_only))
     self.best = ocp.CheckpointManager(
         workdir / BEST, item_names=("weights", "meta"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only,
-                                             read_only=read_only))
+        options=_options(BEST, max_to_keep=1, read_only=read_only))
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()

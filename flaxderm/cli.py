@@ -7,7 +7,8 @@ the command's module in ``flaxderm.tools``::
     flaxderm evaluate|predict|export|explain|report|compare ... (flaxderm TOOL --help)
 
 Exit codes: 0 done, 1 an error the message explains in one line (bad input, a refused request,
-a file-system fault with its path), 2 a bad command line, 130 interrupted.
+a training whose loss became NaN, a file-system fault with its path), 2 a bad command line, 130
+interrupted.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if module.__name__ != f"{tools.__name__}.{tools.DEFAULT_COMMAND}":  # it checks its config first
       tools.hide_gpus_from_tensorflow()
     return module.main(args) or 0
-  except ValueError as e:
+  except (ValueError, FloatingPointError) as e:  # bad input; a diverged training (NaN loss)
     print(f"error: {e}", file=sys.stderr)
     return 1
   except OSError as e:  # a file-system fault (FileExistsError, PermissionError, ...): its path

@@ -73,3 +73,10 @@ def test_missing_dataset_says_where_to_put_it(capsys, tmp_path):
                    f"--config.data.manual_dir={tmp_path / 'nowhere'}"], capsys)
   assert "ph2" in err and "manual_dir" in err
   assert "Traceback" not in err
+
+
+def test_diverging_training_is_one_error_line(capsys, tmp_path):
+  err = _error_of(["default:runlocal", "--workdir", str(tmp_path / "run"),
+                   "--config.optimizer.name=sgd", "--config.optimizer.lr=1e30",
+                   "--config.loss.name=cross_entropy", "--config.num_steps=4"], capsys)
+  assert "non-finite loss" in err and "Traceback" not in err

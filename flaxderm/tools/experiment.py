@@ -18,7 +18,6 @@ import argparse
 import difflib
 import importlib
 import importlib.resources
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -105,13 +104,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
   runs = _runs(args)  # a bad name or key fails here, before the engine's slow imports
   tools.hide_gpus_from_tensorflow()
-  from flaxderm.train import loop  # pylint: disable=g-import-not-at-top
-
-  try:
-    _train(args, runs)
-  except loop.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  _train(args, runs)
   return 0
 
 

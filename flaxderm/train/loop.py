@@ -56,8 +56,9 @@ from flaxderm.train.state import TrainState, create_train_state
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-  """The loss or the gradient became NaN/inf; the message says at which step."""
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient became NaN/inf; the message says at which step (flaxderm/cli.py
+  reports a FloatingPointError in one line, like a ValueError)."""
 
 
 class _StopOnSignal:

@@ -5,7 +5,7 @@ Layers, each importing only those listed before it:
 * ``models`` (architectures, weights, converters), ``losses``, ``metrics``, ``data`` (builders,
   sources, splits, pipelines): they know nothing of training. ``attribution`` (Grad-CAM and
   gradient maps) builds on ``models``, ``subgroups`` (per-group statistics, cluster bootstrap,
-  equalized odds) on ``metrics``.
+  equalized odds) on ``metrics``. ``hints`` (the "did you mean" of an error) sits below all.
 * ``train``: the engine that composes them.
 * ``tools``: the commands (train an experiment, evaluate, predict, export, explain, report,
   compare) and ``load_run``; ``cli`` dispatches to them; ``experiments`` are config files.

@@ -14,16 +14,17 @@ PACKAGE = ROOT / "flaxderm"
 # Layer -> the layers it may import (itself included). The layer of a module is its first name
 # below flaxderm (flaxderm.data.builders.ph2 -> "data"); flaxderm/__init__.py only re-exports.
 ALLOWED = {
-    "models": {"models"},
+    "hints": {"hints"},
+    "models": {"models", "hints"},
     "losses": {"losses"},
     "metrics": {"metrics"},
     "subgroups": {"subgroups", "metrics"},
-    "data": {"data"},
-    "attribution": {"attribution", "models"},
-    "train": {"train", "models", "data", "losses", "metrics", "subgroups"},
+    "data": {"data", "hints"},
+    "attribution": {"attribution", "models", "hints"},
+    "train": {"train", "models", "data", "losses", "metrics", "subgroups", "hints"},
     "experiments": {"experiments", "train"},
     "tools": {"tools", "train", "models", "data", "losses", "metrics", "subgroups",
-              "attribution", "experiments"},
+              "attribution", "experiments", "hints"},
     "cli": {"cli", "tools"},
 }
 

@@ -18,12 +18,13 @@ flaxderm needs to know about it, so that a new architecture is its file alone:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import re
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+
+from flaxderm.hints import did_you_mean
 
 _REGISTRY: dict[str, "ModelEntry"] = {}
 
@@ -75,10 +76,8 @@ def list_models(task: str | None = None, family: str | None = None) -> list[str]
 
 def model_entry(name: str) -> ModelEntry:
   if name not in _REGISTRY:
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}{hint} (flaxderm.models.list_models() lists all "
-                     f"{len(_REGISTRY)})")
+    raise ValueError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY, n=5)}; "
+                     f"flaxderm.models.list_models() lists all {len(_REGISTRY)}")
   return _REGISTRY[name]
 
 
@@ -125,7 +124,6 @@ def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
 def _raise_unknown(name: str, unknown: set[str], accepted: set[str]):
   parts = []
   for u in sorted(unknown):
-    close = difflib.get_close_matches(u, sorted(accepted), n=3, cutoff=0.5)
-    parts.append(f"{u!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    parts.append(f"{u!r}" + did_you_mean(u, sorted(accepted)))
   raise ValueError(f"{name}: unknown keyword argument(s) {', '.join(parts)}; accepted: "
                    f"{', '.join(sorted(accepted))}")

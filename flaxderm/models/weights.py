@@ -18,11 +18,12 @@ family files can register their tags without importing the loading machinery (``
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import os
 from pathlib import Path
 from typing import Callable
+
+from flaxderm.hints import did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,10 +125,9 @@ def list_tags(arch: str | None = None) -> list[str]:
 
 def weight_tag(name: str) -> WeightTag:
   if name not in _TAGS:
-    close = difflib.get_close_matches(name, list(_TAGS), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"{name!r} is neither a checkpoint file nor a weight tag{hint} (tags: "
-                     f"{', '.join(list_tags())})")
+    raise ValueError(f"{name!r} is neither a checkpoint file nor a weight tag"
+                     f"{did_you_mean(name, _TAGS)}; tags: "
+                     f"{', '.join(list_tags())}")
   return _TAGS[name]
 
 

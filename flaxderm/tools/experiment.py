@@ -15,7 +15,6 @@ directory defaults to ``runs/EXPERIMENT``.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import importlib.resources
 from pathlib import Path
@@ -25,6 +24,7 @@ import ml_collections
 
 from flaxderm import experiments as experiments_package
 from flaxderm import tools
+from flaxderm.hints import did_you_mean
 from flaxderm.train import config as config_lib
 
 DEFAULT_EXPERIMENT = "default"
@@ -41,9 +41,8 @@ def experiment_names() -> list[str]:
 def load_experiment(name: str) -> ModuleType:
   """The module ``experiments/<name>.py``; ValueError naming the close matches when absent."""
   if name not in experiment_names():
-    close = difflib.get_close_matches(name, experiment_names(), n=3, cutoff=0.4)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown experiment {name!r}{hint} (flaxderm --list shows all)")
+    hint = did_you_mean(name, experiment_names(), cutoff=0.4)
+    raise ValueError(f"unknown experiment {name!r}{hint}; flaxderm --list shows all")
   return importlib.import_module(f"{experiments_package.__name__}.{name}")
 
 

@@ -11,7 +11,6 @@ accept new keys.
 from __future__ import annotations
 
 import ast
-import difflib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from flaxderm.hints import did_you_mean
 from flaxderm.data import clinical
 from flaxderm.data import config as data_config_lib
 
@@ -148,14 +148,9 @@ def _is_group(value: Any) -> bool:
   return isinstance(value, (ml_collections.ConfigDict, Mapping))
 
 
-def _closest(key: str, options: Any) -> str:
-  close = difflib.get_close_matches(key, [str(o) for o in options], n=3, cutoff=0.5)
-  return f" (did you mean {', '.join(close)}?)" if close else ""
-
-
 def _unknown_key(path: str, parent: Mapping[str, Any]) -> ValueError:
   key = path.rsplit(".", 1)[-1]
-  return ValueError(f"unknown config key {path!r}{_closest(key, list(parent))}; valid keys "
+  return ValueError(f"unknown config key {path!r}{did_you_mean(key, parent)}; valid keys "
                     f"there: {sorted(parent)}")
 
 
@@ -172,7 +167,7 @@ def _check_known(cfg: Mapping[str, Any], reference: Mapping[str, Any], prefix: s
 
 def _one_of(path: str, value: Any, options: tuple[str, ...]) -> None:
   if value not in options:
-    raise ValueError(f"config.{path}: {value!r} is not one of {options}{_closest(str(value), options)}")
+    raise ValueError(f"config.{path}: {value!r} is not one of {options}{did_you_mean(str(value), options)}")
 
 
 def merged_data_config(data: ml_collections.ConfigDict, overrides: Mapping[str, Any]

@@ -139,8 +139,7 @@ def make_model(cfg: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:
   try:
     model = create_model(cfg.model.name, num_classes=info.output_channels, **kwargs)
     if "img_size" not in kwargs and hasattr(model, "img_size"):
-      model = create_model(cfg.model.name, num_classes=info.output_channels, **kwargs,
-                           img_size=cfg.data.image_size)
+      model = model.clone(img_size=cfg.data.image_size)
     return model
   except ValueError as e:
     raise ValueError(f"config.model: {e}") from None

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_ci_runs_the_readme_test_command():
   readme = (ROOT / "README.md").read_text()
   ci_lines = [l.strip() for l in (ROOT / ".ci/run").read_text().splitlines()]
-  test_command = "python -m pytest -n 2 -q"
+  test_command = "python -m pytest -n 2 -q --durations=25"
   assert test_command in readme
   assert ci_lines[-1] == test_command
 

@@ -448,7 +448,7 @@ def main(argv=None):
       if torch is not None and spec.torch_builder is not None:
         try:
           t = bench_torch(torch, spec, batch, args.warmup, args.steps, use_gpu)
-        except (ValueError, RuntimeError) as e:  # e.g. BatchNorm on a 1x1 map at batch 1
+        except (ValueError, RuntimeError, ImportError) as e:  # BatchNorm on a 1x1 map; no smp
           why = f"PyTorch failed at batch {batch}: {type(e).__name__}: {str(e)[:120]}"
           print(why, flush=True)
       if t is not None:

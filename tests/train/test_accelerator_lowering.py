@@ -33,7 +33,7 @@ SIZE = 32
 # Where 32 px is too small for the architecture: PAN's feature pyramid attention needs a 4x4 map
 # at the encoder's stride 16.
 LARGER_SIZE = {"pan": 64}
-# What every option XLA:CPU takes is named (``xla_cpu_...``), in a module or in compile options.
+# XLA:CPU's options are all named xla_cpu_*: none may appear in an accelerator's lowering.
 CPU_OPTION = re.compile(r"xla_cpu_")
 
 

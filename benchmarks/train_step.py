@@ -15,13 +15,17 @@ same math, counted once (PyTorch has no compiled cost analysis to read).
   python benchmarks/train_step.py                   # default table, appended to RESULTS.md
   python benchmarks/train_step.py --quick --no-append
   python benchmarks/train_step.py --models unet,resnet50 --batch-sizes 4,16 --steps 5
-  python benchmarks/train_step.py --device gpu      # bfloat16 compute on a GPU
+  python benchmarks/train_step.py --device gpu      # bfloat16 compute on a GPU, PyTorch under AMP
+  python benchmarks/train_step.py --device gpu --models resnet50,vit_base \
+      --batch-sizes resnet50=256,vit_base=128     # a batch size per model
   python benchmarks/train_step.py --no-bf16         # without the bfloat16-compute column
   python benchmarks/train_step.py --models unet --xla-defaults --no-append
 
 On the CPU the main columns are float32 compute and a "bf16 ms/step" column times the same step
 with bfloat16 compute (``config.compute_dtype="bfloat16"``: float32 params, BatchNorm statistics,
-loss and optimizer), with its speed relative to float32; on a GPU the main columns are bf16 already.
+loss and optimizer), with its speed relative to float32; on a GPU the main columns are bf16 already, and PyTorch runs the same step under automatic mixed
+precision (``torch.autocast(bfloat16)``, float32 weights and Adam) in channels-last layout (NHWC,
+as XLA's), each framework at its usual best for convolutions on tensor cores.
 """
 
 from __future__ import annotations
@@ -54,14 +58,20 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "timm",
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-  """One benchmarked model: flaxderm options, input size, default batches, PyTorch twin."""
+  """One benchmarked model: flaxderm options, input size, default batches, PyTorch twin.
+  ``name`` is the row's name and, unless ``arch`` gives another, the registered model."""
   name: str
   size: int
-  batch_sizes: tuple[int, int]
+  batch_sizes: tuple[int, ...]
   num_classes: int
   flax_kwargs: dict[str, Any]
   torch_builder: str | None  # name of a function below, None = no PyTorch equivalent
   torch_note: str = ""
+  arch: str = ""
+
+  @property
+  def model(self) -> str:
+    return self.arch or self.name
 
   @property
   def segmentation(self) -> bool:
@@ -75,6 +85,8 @@ SPECS = {s.name: s for s in [
     # Batch 2, not 1: PyTorch's BatchNorm refuses the ASPP image-pooling branch's 1x1 map at batch 1.
     Spec("deeplabv3plus", 224, (2, 4), 1, dict(encoder_name="resnet50"), "torch_smp"),
     Spec("unetplusplus", 224, (2, 4), 1, dict(encoder_name="resnet34"), "torch_smp"),
+    Spec("unet_resnet34", 256, (2, 4), 1, dict(encoder_name="resnet34"), "torch_smp",
+         arch="unet"),
     Spec("fpn", 224, (2, 4), 1, dict(encoder_name="resnet34"), "torch_smp"),
     Spec("transunet", 224, (2, 4), 1, dict(encoder_name="vit_base", img_size=224), None,
          "no PyTorch twin (smp has no TransUNet, and flaxderm's is the pure-ViT form with its own "
@@ -82,10 +94,13 @@ SPECS = {s.name: s for s in [
     Spec("resnet50", 224, (1, 4), 1000, {}, "torch_timm"),
     Spec("efficientnet_lite0", 224, (4, 16), 1000, {}, "torch_timm"),
     Spec("vit_small", 224, (1, 4), 1000, {}, "torch_timm"),
+    Spec("vit_base", 224, (1, 4), 1000, {}, "torch_timm"),
     Spec("swin_tiny", 224, (1, 4), 1000, {}, "torch_timm"),
 ]}
-SMP_CLASSES = {"deeplabv3plus": "DeepLabV3Plus", "unetplusplus": "UnetPlusPlus", "fpn": "FPN"}
-TIMM_NAMES = {"resnet50": "resnet50", "efficientnet_lite0": "tf_efficientnet_lite0", "vit_small": "vit_small_patch16_224",
+SMP_CLASSES = {"deeplabv3plus": "DeepLabV3Plus", "unetplusplus": "UnetPlusPlus", "fpn": "FPN",
+               "unet_resnet34": "Unet"}
+TIMM_NAMES = {"resnet50": "resnet50", "efficientnet_lite0": "tf_efficientnet_lite0",
+              "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224",
               "swin_tiny": "swin_tiny_patch4_window7_224"}
 
 
@@ -138,7 +153,7 @@ def batch_shapes(spec: Spec, batch: int) -> tuple[tuple[int, ...], tuple[int, ..
 def compile_flax(spec: Spec, batch: int, dtype, compiler_options) -> tuple[Any, tuple, float]:
   """(compiled train step, initial train state, compile seconds) for ``batch`` examples; the
   batch itself is abstract here, so compiling a huge batch allocates nothing."""
-  model = create_model(spec.name, num_classes=spec.num_classes, dtype=dtype, **spec.flax_kwargs)
+  model = create_model(spec.model, num_classes=spec.num_classes, dtype=dtype, **spec.flax_kwargs)
   image_shape, label_shape = batch_shapes(spec, batch)
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape[1:])), train=False))(
       jax.random.PRNGKey(SEED))
@@ -274,11 +289,13 @@ def torch_timm(torch, spec: Spec):
 
 def bench_torch(torch, spec: Spec, batch: int, warmup: int, steps: int, use_gpu: bool):
   device = "cuda" if use_gpu else "cpu"
+  layout = torch.channels_last if use_gpu else torch.contiguous_format
   torch.manual_seed(SEED)
-  model = globals()[spec.torch_builder](torch, spec).to(device).train()
+  model = globals()[spec.torch_builder](torch, spec).to(device, memory_format=layout).train()
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   rng = np.random.default_rng(SEED)
-  x = torch.from_numpy(rng.standard_normal((batch, 3, spec.size, spec.size), np.float32)).to(device)
+  x = torch.from_numpy(rng.standard_normal((batch, 3, spec.size, spec.size), np.float32)).to(
+      device, memory_format=layout)
   if spec.segmentation:
     y = torch.from_numpy(rng.integers(0, 2, (batch, 1, spec.size, spec.size)).astype(np.float32))
     criterion = torch.nn.BCEWithLogitsLoss()
@@ -317,7 +334,8 @@ def parse_args(argv=None):
   p.add_argument("--models", default=",".join(SPECS), help="comma-separated, from: "
                  + ", ".join(SPECS))
   p.add_argument("--batch-sizes", default=None,
-                 help="comma-separated batch sizes for every model (default: per model, "
+                 help="comma-separated batch sizes for every model, or MODEL=BATCH entries for "
+                      "one model (repeat for several; the others keep theirs; default: per model, "
                       "2,8 at 128 px, 1,4 at 224 px, 2,4 for the encoder-decoders)")
   p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
@@ -342,10 +360,31 @@ def parse_args(argv=None):
     p.error(f"--models: unknown {unknown}; choose from {list(SPECS)}")
   args.models = names
   if args.batch_sizes:
-    args.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    try:
+      args.batch_sizes = parse_batch_sizes(args.batch_sizes)
+    except ValueError as e:
+      p.error(f"--batch-sizes: {e}")
   if args.steps < 1 or args.warmup < 0:
     p.error("--steps must be >= 1 and --warmup >= 0")
   return args
+
+
+def parse_batch_sizes(text: str) -> dict[str | None, tuple[int, ...]]:
+  """"2,8" -> {None: (2, 8)} (every model); "resnet50=256,unet=16,unet=32" -> per model."""
+  sizes: dict[str | None, list[int]] = {}
+  for item in filter(None, (i.strip() for i in text.split(","))):
+    name, _, batch = item.rpartition("=")
+    if name and name not in SPECS:
+      raise ValueError(f"unknown model {name!r} in {item!r}; choose from {list(SPECS)}")
+    if not batch.isdigit() or int(batch) < 1:
+      raise ValueError(f"{item!r}: a batch size must be a positive integer")
+    sizes.setdefault(name or None, []).append(int(batch))
+  return {k: tuple(v) for k, v in sizes.items()}
+
+
+def batch_sizes_of(spec: Spec, chosen: dict[str | None, tuple[int, ...]] | None) -> tuple[int, ...]:
+  chosen = chosen or {}
+  return chosen.get(spec.name) or chosen.get(None) or spec.batch_sizes
 
 
 def main(argv=None):
@@ -392,7 +431,7 @@ def main(argv=None):
   for name in args.models:
     spec = SPECS[name]
     peaks, model_rows = {}, []
-    for batch in args.batch_sizes or spec.batch_sizes:
+    for batch in batch_sizes_of(spec, args.batch_sizes):
       f = bench_flax(spec, batch, args.warmup, args.steps, dtype, options)
       peaks[batch] = f["peak_bytes"]
       gflops = f["flops"] / f["step_s"] / 1e9
@@ -409,7 +448,7 @@ def main(argv=None):
       if torch is not None and spec.torch_builder is not None:
         try:
           t = bench_torch(torch, spec, batch, args.warmup, args.steps, use_gpu)
-        except (ValueError, RuntimeError) as e:  # e.g. BatchNorm on a 1x1 map at batch 1
+        except (ValueError, RuntimeError, ImportError) as e:  # BatchNorm on a 1x1 map; no smp
           why = f"PyTorch failed at batch {batch}: {type(e).__name__}: {str(e)[:120]}"
           print(why, flush=True)
       if t is not None:
@@ -436,8 +475,8 @@ def main(argv=None):
       f"- versions: {environment.versions(PACKAGES)}",
       f"- compute: {'bfloat16 on GPU' if use_gpu else 'float32 on CPU'}"
       f"{' (bf16 column: the same step with bfloat16 compute)' if bf16_column else ''}; "
-      "JAX on all cores, "
-      f"PyTorch torch.set_num_threads({os.cpu_count()})",
+      + ("PyTorch under torch.autocast(bfloat16), channels-last" if use_gpu else
+         f"JAX on all cores, PyTorch torch.set_num_threads({os.cpu_count()})"),
       f"- step: forward + loss (sigmoid BCE for segmentation, softmax CE over 1000 classes for "
       f"classifiers) + backward + Adam, BatchNorm in train mode; jitted with the state donated; "
       f"{args.warmup} warm-up step(s) after compilation, median of {args.steps} timed step(s)",
@@ -449,7 +488,8 @@ def main(argv=None):
       f"- largest batch: the largest batch whose compiled step's XLA peak fits in "
       f"{limit / 2 ** 30:.0f} GiB ({'the GPU allocator limit' if use_gpu else 'physical memory'}),"
       f" from the line through the two batch sizes' peaks, checked by compiling it",
-      f"- XLA options: {'XLA defaults (--xla-defaults)' if options is None else options}",
+      f"- XLA options: {options or 'XLA defaults'}"
+      f"{' (--xla-defaults)' if args.xla_defaults else ''}",
       *(f"- {n}" for n in notes),
       f"- runtime of the whole run: {runtime:.0f} s", "", *rows, ""]
   text = "\n".join(lines)

@@ -15,7 +15,9 @@ Multi-host: ``initialize_distributed`` starts JAX's runtime (explicit coordinato
 auto-detected SLURM / Open MPI / JAX_COORDINATOR_ADDRESS environments); each process passes only
 its own shard of the batch and ``jax.make_array_from_process_local_data`` assembles the global one.
 
-Steps compiled with ``jax.jit`` for CPU devices get ``compiler_options("cpu")``; see there.
+Steps compiled with ``jax.jit`` for CPU devices get ``compiler_options("cpu")``; see there. Steps
+lowered on this host for other platforms (``jax.export`` for GPUs and TPUs from a CPU machine) name
+them in ``DataParallel(platforms=...)`` and get none.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 AXIS = "data"
 MODES = ("auto", "pmap")
+# jax device platforms ("gpu") and jax.export's lowering platforms ("cuda", "rocm").
+PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,18 +146,28 @@ def compiler_options(platform: str) -> dict[str, str] | None:
 
 class DataParallel:
   """A 1-D mesh over every device of every process (or over ``devices``), and how arrays and
-  steps use it."""
+  steps use it.
 
-  def __init__(self, mode: str = "auto", devices: list[jax.Device] | None = None):
+  ``platforms``: what the compiled steps are lowered for when that is not the devices' own
+  platform -- ``("cuda", "tpu")`` to ``jax.export`` them from a CPU host (with ``jax.jit``'s
+  ``trace(...).lower(lowering_platforms=...)`` or ``jax.export.export(step, platforms=...)``).
+  Compiler options are per platform, so steps for any platform but the CPU alone get XLA's
+  defaults: XLA:CPU's options never ride along with a lowering for an accelerator."""
+
+  def __init__(self, mode: str = "auto", devices: list[jax.Device] | None = None, *,
+               platforms: Sequence[str] | None = None):
     if mode not in MODES:
       raise ValueError(f"config.parallel must be one of {MODES}, got {mode!r}")
     self.mode = mode
     devices = jax.devices() if devices is None else list(devices)
+    platforms = tuple(platforms or (devices[0].platform,))
+    if not set(platforms) <= set(PLATFORMS):
+      raise ValueError(f"platforms must be some of {PLATFORMS}, got {platforms!r}")
     self.mesh = jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                               devices=devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
-    self.compiler_options = compiler_options(devices[0].platform)
+    self.compiler_options = compiler_options(platforms[0]) if len(set(platforms)) == 1 else None
 
   @property
   def num_devices(self) -> int:

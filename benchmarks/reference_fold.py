@@ -9,6 +9,9 @@ the same lesions. It also records the labels and predictions the script passes t
 ``balanced_accuracy_score`` into RECORD.json (classification scripts), for pooled statistics. It
 fails if some of the fold's lesions never reached the script (a key mismatch would silently
 change the split).
+
+GROUPS ``-`` (``GIVEN``): the script is given its held-out folder (``--test-root``, as
+``quality.py --heldout-folds`` runs it), so its split is left alone and only the record is kept.
 """
 from __future__ import annotations
 
@@ -17,13 +20,17 @@ import runpy
 import sys
 from pathlib import Path
 
+# GROUPS of a script that is given its held-out folder: nothing to replace.
+GIVEN = "-"
+
 
 def main(argv: list[str]) -> int:
   if "--" not in argv or argv.index("--") != 3:
     print(__doc__, file=sys.stderr)
     return 2
   script, groups_file, record_file = argv[:3]
-  groups = {str(g) for g in json.loads(Path(groups_file).read_text())}
+  given = groups_file == GIVEN
+  groups = set() if given else {str(g) for g in json.loads(Path(groups_file).read_text())}
   sys.path.insert(0, str(Path(script).resolve().parent))
   import common  # pylint: disable=g-import-not-at-top  (the reference's own module)
   import sklearn.metrics  # pylint: disable=g-import-not-at-top
@@ -43,10 +50,13 @@ def main(argv: list[str]) -> int:
                                              "prediction": [int(v) for v in y_pred]}))
     return balanced_accuracy(y_true, y_pred, **kwargs)
 
-  common.is_validation = in_fold
+  if not given:
+    common.is_validation = in_fold
   sklearn.metrics.balanced_accuracy_score = recording
   sys.argv = [script, *argv[4:]]
   runpy.run_path(script, run_name="__main__")
+  if given:
+    return 0
   print(f"FOLD held-out lesions {len(seen)} of {len(groups)}", flush=True)
   if seen != groups:
     missing = sorted(groups - seen)

@@ -159,3 +159,59 @@ def test_reference_cases_are_named_only_when_the_labels_agree(tmp_path):
   assert not quality._same_labelling(names, [5, 2, 2])  # nv would be two labels
   assert not quality._same_labelling(names, [5, 5, 5])  # two names, one label
   assert not quality._same_labelling(names, [5, 5])
+
+
+def test_heldout_folds_train_on_all_of_the_folds_folder_and_split_by_the_kfold(tmp_path):
+  args = pair_args(tmp_path)
+  args.heldout_folds = 3
+  trained = quality.flaxderm_overrides(T3, args, 1, 1, train_root=tmp_path / "heldout_1" / "train")
+  assert f"--config.data.manual_dir={tmp_path / 'heldout_1' / 'train'}" in trained
+  assert f"--config.data.data_dir={tmp_path / 'heldout_1' / 'tfds'}" in trained
+  assert "--config.data.split=all" in trained and not any("num_folds" in o for o in trained)
+  split = quality.flaxderm_overrides(T3, args, 1, 1, as_trained=False)
+  assert split[-3:] == ["--config.data.split=kfold", "--config.data.num_folds=3",
+                        "--config.data.fold=1"]
+  assert f"--config.data.manual_dir={Path(args.data_dir).resolve()}" in split
+  args.folds = None
+  assert quality.flaxderm_config(T3, args, 1, 1).data.split == "all"
+
+
+def test_isic_t3_subset_keeps_the_ground_truth_order_and_links_the_images(tmp_path):
+  source = tmp_path / "data" / quality.ISIC_T3_TEST
+  (source / quality.ISIC_T3_INPUT).mkdir(parents=True)
+  (source / quality.ISIC_T3_TRUTH).write_text(
+      "lesion_id,image_id,dx,age\nL1,ISIC_1,nv,50.0\nL2,ISIC_2,mel,\nL1,ISIC_3,nv,50.0\n"
+      "L3,ISIC_4,bkl,30.0\n")
+  for k in range(1, 5):
+    (source / quality.ISIC_T3_INPUT / f"ISIC_{k}.jpg").write_bytes(bytes([k]))
+  out = tmp_path / "held_out"
+  quality.isic_t3_subset(tmp_path / "data", {"L1", "L3"}, out)
+  assert (out / quality.ISIC_T3_TEST / quality.ISIC_T3_TRUTH).read_text().splitlines() == [
+      "lesion_id,image_id,dx,age", "L1,ISIC_1,nv,50.0", "L1,ISIC_3,nv,50.0", "L3,ISIC_4,bkl,30.0"]
+  images = sorted((out / quality.ISIC_T3_TEST / quality.ISIC_T3_INPUT).iterdir())
+  assert [p.name for p in images] == ["ISIC_1.jpg", "ISIC_3.jpg", "ISIC_4.jpg"]
+  assert images[1].is_symlink() and images[1].read_bytes() == bytes([3])
+  assert quality.isic_t3_held_out_cases(out, {"L1", "L3"}) == quality.isic_t3_held_out_cases(
+      tmp_path / "data", {"L1", "L3"})
+  with pytest.raises(ValueError, match="no image of the 1 lesions"):
+    quality.isic_t3_subset(tmp_path / "data", {"L9"}, tmp_path / "none")
+
+
+def test_ph2_subset_keeps_the_chosen_cases_files_and_spreadsheet_rows(tmp_path):
+  sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+  from test_builders import write_ph2  # pylint: disable=g-import-not-at-top
+  from flaxderm.data.builders import ph2  # pylint: disable=g-import-not-at-top
+
+  cases = {"IMD002": "common_nevus", "IMD010": "atypical_nevus", "IMD021": "melanoma",
+           "IMD030": "melanoma"}
+  source = write_ph2(tmp_path / "data", cases, list(cases))
+  out = tmp_path / "held_out" / "PH2Dataset"
+  quality.ph2_subset(source, {"IMD010", "IMD030"}, out)
+  assert ph2.read_diagnoses(out / quality.PH2_SHEET) == {
+      "IMD010": ("atypical_nevus", ""), "IMD030": ("melanoma", "")}
+  assert sorted(p.name for p in (out / quality.PH2_IMAGES).iterdir()) == ["IMD010", "IMD030"]
+  image = out / quality.PH2_IMAGES / "IMD010" / "IMD010_Dermoscopic_Image" / "IMD010.bmp"
+  assert image.is_symlink() and image.read_bytes() == (
+      source / image.relative_to(out)).read_bytes()
+  with pytest.raises(ValueError, match=r"no folder for cases \['IMD099'\]"):
+    quality.ph2_subset(source, {"IMD099"}, tmp_path / "none")

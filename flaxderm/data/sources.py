@@ -102,12 +102,20 @@ class TfdsSource:
         prepare_workers=data_cfg["prepare_workers"])
     features = self.builder.info.features
     # The source fingerprint: a copy prepared again from other files is other data to the caches.
-    recorded = self.builder.recorded_source() or {}
+    self._fingerprint = self._recorded_fingerprint()
     self.key = (f"tfds:{self.builder.info.full_name}@{self.builder.data_dir}"
-                f"#{recorded.get('fingerprint', '')}")
+                f"#{self._fingerprint}")
     self.has_mask = "mask" in features
     self.class_names = tuple(features["label"].names) if "label" in features else None
     self._decoders = {k: tfds.decode.SkipDecoding() for k in ("image", "mask") if k in features}
+
+  def _recorded_fingerprint(self) -> str:
+    return (self.builder.recorded_source() or {}).get("fingerprint", "")
+
+  def is_current(self) -> bool:
+    """Whether the prepared copy is still the one this source opened: preparing another folder
+    into the same ``data_dir`` (same dataset and config) replaces it."""
+    return self._recorded_fingerprint() == self._fingerprint
 
   def split_names(self) -> tuple[str, ...]:
     return tuple(self.builder.info.splits.keys())
@@ -127,10 +135,17 @@ def _tfds_source(frozen_cfg: str) -> TfdsSource:
 
 
 def open_source(data_cfg: Mapping[str, Any]) -> DataSource:
-  """The TFDS dataset named by ``data_cfg`` (prepared on first use, then reused)."""
+  """The TFDS dataset named by ``data_cfg`` (prepared on first use, then reused while its prepared
+  copy stays the same: a copy that another folder's preparation replaced is prepared again, never
+  read as this folder's)."""
   keys = ("name", "data_dir", "manual_dir", "builder_config", "builder_kwargs",
           "skip_bad_examples", "prepare_workers")
-  return _tfds_source(json.dumps({k: plain(data_cfg[k]) for k in keys}, sort_keys=True))
+  frozen = json.dumps({k: plain(data_cfg[k]) for k in keys}, sort_keys=True)
+  source = _tfds_source(frozen)
+  if not source.is_current():
+    _tfds_source.cache_clear()
+    source = _tfds_source(frozen)
+  return source
 
 
 def plain(value: Any) -> Any:

@@ -155,10 +155,16 @@ class EfficientNet(ConvNet):
   features_include_head: bool = False
   drop_rate: float = 0.2
 
+  @property
+  def _stages(self) -> tuple[Stage, ...]:
+    """``stages`` as ``Stage`` tuples: a config saved as JSON (``model.kwargs.stages``, e.g. a
+    narrow test model) gives them back as lists."""
+    return tuple(Stage(*stage) for stage in self.stages)
+
   def _levels(self) -> list[int]:
     """The nominal stride at the end of each stage (before dilation replaces any stride)."""
     stride, levels = 2, []
-    for stage in self.stages:
+    for stage in self._stages:
       stride *= stage.stride
       levels.append(stride)
     return levels
@@ -166,7 +172,7 @@ class EfficientNet(ConvNet):
   @property
   def feature_channels(self) -> tuple[int, ...]:
     channels = {2: self.stem_channels}
-    channels.update({level: stage.channels for level, stage in zip(self._levels(), self.stages)})
+    channels.update({level: stage.channels for level, stage in zip(self._levels(), self._stages)})
     if self.features_include_head:
       channels[32] = self.head_channels
     return tuple(channels.get(s, 0) for s in FEATURE_STRIDES)
@@ -185,10 +191,10 @@ class EfficientNet(ConvNet):
                name="conv_stem", **common)(x)
     x = act(norm("bn1")(x, train))
     features = {2: x}
-    total, index = sum(s.repeats for s in self.stages), 0
-    schedule = stage_dilations([s.stride for s in self.stages], self.output_stride, stride=2)
+    total, index = sum(s.repeats for s in self._stages), 0
+    schedule = stage_dilations([s.stride for s in self._stages], self.output_stride, stride=2)
     for i, (stage, level, (stride, first_dilation, dilation)) in enumerate(
-        zip(self.stages, self._levels(), schedule)):
+        zip(self._stages, self._levels(), schedule)):
       for j in range(stage.repeats):
         x = InvertedResidual(
             stage.channels, stage.kernel_size, strides=stride if j == 0 else 1,

@@ -328,6 +328,27 @@ def test_prepared_copy_is_rebuilt_for_another_folder_or_changed_files(tmp_path, 
   assert f"files in {second.resolve()} changed" in caplog.text
 
 
+def test_an_open_source_whose_copy_another_folder_replaced_is_prepared_again(tmp_path):
+  """One process training on a fold of a folder, then on another folder prepared into the same
+  data_dir (the held-out check of issue #32), read the second folder's files as the first's."""
+  from flaxderm.data import sources  # pylint: disable=g-import-not-at-top
+
+  first, second = tmp_path / "first", tmp_path / "second"
+  write_isic(first, "isic2016_task1", count=3, splits=("train",))
+  write_isic(second, "isic2016_task1", count=2, splits=("train",))
+  config = {"name": "isic2016_task1", "data_dir": str(tmp_path / "tfds"), "builder_config": None,
+            "builder_kwargs": {}, "skip_bad_examples": False, "prepare_workers": 1}
+  opened = sources.open_source({**config, "manual_dir": str(first)})
+  assert len(opened.split("train")) == 3
+  assert len(sources.open_source({**config, "manual_dir": str(second)}).split("train")) == 2
+  assert not opened.is_current()
+  again = sources.open_source({**config, "manual_dir": str(first)})
+  assert again.is_current() and again.key == opened.key
+  assert [text(r["id"]) for r in again.split("train")] == [
+      text(r["id"]) for r in records(prepare("isic2016_task1", tmp_path, first), "train")]
+  assert len(again.split("train")) == 3
+
+
 def test_missing_manual_dir_is_an_error_even_with_a_prepared_copy(tmp_path):
   write_isic(tmp_path / "manual", "isic2016_task1", count=2, splits=("train",))
   prepare("isic2016_task1", tmp_path, tmp_path / "manual")

@@ -186,6 +186,17 @@ def test_in_channels_option():
   assert out.shape == (1, 2)
 
 
+def test_efficientnet_stages_read_back_from_a_json_config_build_the_same_model():
+  """A run's config.json gives ``model.kwargs.stages`` back as lists of numbers."""
+  x = jnp.zeros((1, 32, 32, 3))
+  as_lists = [list(stage) for stage in TINY_STAGES]
+  variables, out = _shapes(create_model("efficientnet_lite0", num_classes=2, stages=as_lists), x)
+  expected, expected_out = _shapes(create_model("efficientnet_lite0", num_classes=2,
+                                                stages=TINY_STAGES), x)
+  assert jax.tree.map(lambda a: a.shape, variables) == jax.tree.map(lambda a: a.shape, expected)
+  assert out.shape == expected_out.shape == (1, 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parity with the PyTorch reference implementations (same weights, eval mode).
 # ---------------------------------------------------------------------------------------------

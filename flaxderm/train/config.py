@@ -30,7 +30,8 @@ FINAL_PARAMS = ("last", "best")
 TTA_MODES = ("none", "hflip", "flips")
 WORST_GROUP = "worst_group:"  # eval.select_by = "worst_group:FIELD"
 # Option groups whose keys are not fixed by this schema (validated by their consumers).
-OPEN_GROUPS = ("model.kwargs", "loss.kwargs", "data.builder_kwargs", "eval_data")
+OPEN_GROUPS = ("model.kwargs", "loss.kwargs", "data.builder_kwargs", "data.metadata_vocabulary",
+               "eval_data")
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 FUSIONS = ("concat", "metablock")
+BACKBONE = "backbone"  # the field, hence the name of the backbone's parameters
 
 
 class MetadataFusion(nn.Module):
@@ -54,7 +55,7 @@ class MetadataFusion(nn.Module):
   def __call__(self, x: jax.Array, metadata: jax.Array, train: bool = False) -> jax.Array:
     self._check(x, metadata)
     metadata = metadata.astype(self.dtype or jnp.float32)
-    backbone = self.backbone  # a field: its parameters sit under its name, "backbone"
+    backbone = self.backbone  # a field: its parameters sit under its name, BACKBONE
 
     def dense_norm(y: jax.Array, features: int, name: str) -> jax.Array:
       y = nn.Dense(features, dtype=self.dtype, name=f"{name}_dense")(y)

@@ -1,0 +1,104 @@
+"""A run with clinical metadata as an input (issue 30 item 2), end to end on the synthetic lesions'
+age, sex and site: training records the vocabulary, ``load_run(...).predict(image, metadata=)``,
+``predict --metadata FILE``, ONNX export with the metadata as a second input, and Grad-CAM with
+the metadata held fixed."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from flaxderm import cli
+from flaxderm.tools import predict as predict_lib
+from flaxderm.tools import run as run_lib
+from flaxderm.train import loop
+from tiny_runs import tiny_config, write_image
+
+pytestmark = pytest.mark.usefixtures("private_data_dir")
+
+FIELDS = ("age", "sex", "site")
+CASES = {"a": {"age": "60", "sex": "female", "site": "back"},
+         "b": {"age": "", "sex": "male", "site": "scalp"}}  # missing age, a site never seen
+
+
+def metadata_config(fusion: str):
+  cfg = tiny_config(**{"model.name": "resnet18", "data.task": "classification",
+                       "loss.name": "cross_entropy", "data.image_size": 64,
+                       "model.metadata_fusion": fusion})
+  cfg.model.kwargs = {"depths": (1, 1, 1, 1)}
+  cfg.data.metadata = FIELDS
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def metadata_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("metadata_run")
+  loop.train(metadata_config("concat"), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("images")
+  for i, name in enumerate(CASES):
+    write_image(folder / f"{name}.png", 70, 90, seed=i)
+  return folder
+
+
+def write_metadata(path, cases=CASES):
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image", *FIELDS])
+    for name, values in cases.items():
+      writer.writerow([f"{name}.png", *(values[k] for k in FIELDS)])
+  return path
+
+
+def test_the_run_records_the_vocabulary_of_its_training_split(metadata_run):
+  saved = json.loads((metadata_run / "config.json").read_text())["data"]
+  assert tuple(saved["metadata"]) == FIELDS
+  vocabulary = saved["metadata_vocabulary"]
+  assert set(vocabulary) == set(FIELDS) and vocabulary["age"]["std"] > 0
+  assert vocabulary["sex"]["categories"] == ["female", "male"]
+  results = json.loads((metadata_run / "results.json").read_text())
+  assert "accuracy" in results["validation"]
+
+
+def test_load_run_predicts_with_metadata(metadata_run):
+  run = run_lib.load_run(metadata_run)
+  assert run.metadata_fields == FIELDS
+  image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), np.uint8)
+  probs = run.predict(image, metadata={"age": 60, "sex": "female", "site": "back"})
+  assert probs.shape == (3,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+  other = run.predict(image, metadata={"age": 20, "sex": "male"})
+  assert not np.allclose(probs, other)
+  with pytest.raises(ValueError, match=r"takes clinical metadata .*\['age', 'sex', 'site'\]"):
+    run.predict(image)
+  with pytest.raises(ValueError, match="image 0: field 'sex'"):
+    run.predict(image, metadata={"sex": "other"})
+
+
+def test_predict_reads_the_metadata_beside_the_images(metadata_run, images, tmp_path):
+  table = write_metadata(tmp_path / "metadata.csv")
+  out = tmp_path / "out"
+  assert cli.main(["predict", "--workdir", str(metadata_run), "--out", str(out), str(images),
+                   "--metadata", str(table), "--no-progress"]) == 0
+  with open(out / "predictions.csv") as f:
+    rows = {r["image"]: r for r in csv.DictReader(f)}
+  assert set(rows) == set(CASES)
+  run = run_lib.load_run(metadata_run)
+  image = predict_lib.preprocess.read_image(images / "b.png")
+  expected = run.predict(image, metadata=CASES["b"])
+  got = [float(rows["b"][c]) for c in run.class_names]
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_predict_names_an_image_without_metadata(metadata_run, images, tmp_path):
+  table = write_metadata(tmp_path / "metadata.csv", {"a": CASES["a"]})
+  with pytest.raises(ValueError, match=r"metadata.csv: no row for image 'b'"):
+    predict_lib.predict_files(metadata_run, [str(images)], tmp_path / "out", metadata=table,
+                              progress=False)
+  with pytest.raises(ValueError, match="pass --metadata FILE"):
+    predict_lib.predict_files(metadata_run, [str(images)], tmp_path / "out", progress=False)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import csv
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from flaxderm import cli
+from flaxderm.data import metadata as metadata_lib
 from flaxderm.tools import predict as predict_lib
 from flaxderm.tools import run as run_lib
 from flaxderm.train import loop
@@ -102,3 +104,25 @@ def test_predict_names_an_image_without_metadata(metadata_run, images, tmp_path)
                               progress=False)
   with pytest.raises(ValueError, match="pass --metadata FILE"):
     predict_lib.predict_files(metadata_run, [str(images)], tmp_path / "out", progress=False)
+
+
+@pytest.mark.slow
+def test_onnx_export_takes_the_metadata_as_a_second_input(metadata_run, tmp_path):
+  onnxruntime = pytest.importorskip("onnxruntime")
+  from flaxderm.tools import export as export_lib  # pylint: disable=g-import-not-at-top
+
+  out = tmp_path / "fused.onnx"
+  card = export_lib.export_run(metadata_run, "onnx", out)
+  run = run_lib.load_run(metadata_run)
+  width = len(card["metadata_input"]["columns"])
+  assert card["metadata_input"]["shape"] == [None, width]
+  assert card["metadata_input"]["fields"] == list(FIELDS)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(3, 64, 64, 3)).astype(np.float32)
+  metadata = np.stack([metadata_lib.encoder_of(run.members[0].data_cfg).encode(v)
+                       for v in (*CASES.values(), {})])
+  expected = np.asarray(jax.jit(run.forward)(images, metadata))
+  session = onnxruntime.InferenceSession(str(out))
+  names = [i.name for i in session.get_inputs()]
+  got = session.run(None, dict(zip(names, (images, metadata))))[0]
+  np.testing.assert_allclose(got, expected, atol=1e-4)

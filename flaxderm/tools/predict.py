@@ -132,6 +132,22 @@ def metadata_rows(table: dict[str, dict[str, str]], paths: Sequence[Path], sourc
   return [table[p.stem] for p in paths]
 
 
+def run_metadata(run: run_lib.Run, paths: Sequence[Path], metadata: str | Path | None,
+                 workdir: str | Path) -> dict[Path, dict[str, str]] | None:
+  """Image path -> its metadata row from the CSV ``metadata`` for a run that takes clinical
+  metadata (None for an image-only run); ValueError when the run and ``metadata`` disagree (one
+  given without the other) or an image has no row."""
+  if run.metadata_fields and metadata is None:
+    raise ValueError(f"{workdir}: this run takes clinical metadata beside each image (fields "
+                     f"{list(run.metadata_fields)}): pass --metadata FILE (see predict's help)")
+  if metadata is not None and not run.metadata_fields:
+    raise ValueError(f"--metadata {metadata}: the run in {workdir} takes images only")
+  if metadata is None:
+    return None
+  table = read_metadata(metadata, run.metadata_fields)
+  return dict(zip(paths, metadata_rows(table, paths, metadata)))
+
+
 def postprocess(mask: np.ndarray, *, largest_component: bool, fill_holes: bool) -> np.ndarray:
   """The bool mask with only its largest connected region (8-connectivity) and/or its holes
   filled."""
@@ -192,15 +208,7 @@ def predict_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
   (counts, skipped inputs, images/s)."""
   paths = expand_inputs(inputs, out)
   run = run_lib.load_run(workdir, params=params, use_ema=use_ema, tta=tta, batch_size=batch_size)
-  if run.metadata_fields and metadata is None:
-    raise ValueError(f"{workdir}: this run takes clinical metadata beside each image (fields "
-                     f"{list(run.metadata_fields)}): pass --metadata FILE (see predict's help)")
-  if metadata is not None and not run.metadata_fields:
-    raise ValueError(f"--metadata {metadata}: the run in {workdir} takes images only")
-  rows_of = None
-  if metadata is not None:
-    table = read_metadata(metadata, run.metadata_fields)
-    rows_of = dict(zip(paths, metadata_rows(table, paths, metadata)))
+  rows_of = run_metadata(run, paths, metadata, workdir)
   if run.task == "classification" and (largest_component or fill_holes or save_probabilities):
     raise ValueError("--largest-component, --fill-holes and --save-probabilities are for "
                      "segmentation runs; this run classifies")

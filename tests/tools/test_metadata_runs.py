@@ -126,3 +126,19 @@ def test_onnx_export_takes_the_metadata_as_a_second_input(metadata_run, tmp_path
   names = [i.name for i in session.get_inputs()]
   got = session.run(None, dict(zip(names, (images, metadata))))[0]
   np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_gradcam_explains_the_image_with_the_metadata_held_fixed(metadata_run, images, tmp_path):
+  from flaxderm.tools import explain as explain_lib  # pylint: disable=g-import-not-at-top
+
+  run = run_lib.load_run(metadata_run, tta="none")
+  explainer = explain_lib.Explainer(run, "gradcam")
+  assert explainer.layer.startswith("backbone/layer4")
+  image = predict_lib.preprocess.read_image(images / "a.png")
+  (heat,), classes = explainer.explain([image], metadata=[CASES["a"]])
+  assert heat.shape == image.shape[:2] and np.isfinite(heat).all()
+  assert 0 <= heat.min() and heat.max() <= 1 and heat.max() > 0
+  assert classes == [int(np.argmax(run.predict(image, metadata=CASES["a"])))]
+  summary = explain_lib.explain_files(metadata_run, [str(images)], tmp_path / "maps",
+                                      metadata=write_metadata(tmp_path / "metadata.csv"))
+  assert [w["file"] for w in summary["written"]] == ["a_gradcam.png", "b_gradcam.png"]

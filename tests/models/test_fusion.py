@@ -75,3 +75,14 @@ def test_backbone_with_a_head_and_bad_metadata_are_errors():
   with pytest.raises(ValueError, match="'sum' is not one of"):
     _init(MetadataFusion(backbone=create_model("resnet18", num_classes=0), num_classes=2,
                          fusion="sum"), x, jnp.zeros((2, 3)))
+
+
+def test_the_config_names_the_same_fusions():
+  from flaxderm.models import fusion  # pylint: disable=g-import-not-at-top
+  from flaxderm.train import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  assert config_lib.METADATA_FUSIONS == fusion.FUSIONS
+  cfg = config_lib.default_config()
+  cfg.model.metadata_fusion = "gate"
+  with pytest.raises(ValueError, match="config.model.metadata_fusion: 'gate' is not one of"):
+    config_lib.validate_config(cfg)

@@ -142,3 +142,11 @@ def test_gradcam_explains_the_image_with_the_metadata_held_fixed(metadata_run, i
   summary = explain_lib.explain_files(metadata_run, [str(images)], tmp_path / "maps",
                                       metadata=write_metadata(tmp_path / "metadata.csv"))
   assert [w["file"] for w in summary["written"]] == ["a_gradcam.png", "b_gradcam.png"]
+
+
+def test_evaluate_rescores_the_run_with_its_metadata(metadata_run):
+  from flaxderm.tools import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+
+  metrics = evaluate_lib.evaluate_run(metadata_run)
+  recorded = json.loads((metadata_run / "results.json").read_text())["validation"]
+  assert metrics["accuracy"] == pytest.approx(recorded["accuracy"])

@@ -9,7 +9,8 @@ classification model (its ``backbone``, built with ``num_classes=0``) and a meta
 * ``"metablock"`` (Pacheco & Krohling 2021, "An attention-based mechanism to combine images and
   metadata in deep learning models applied to skin cancer classification", IEEE JBHI): two dense
   layers with BatchNorm map the metadata to ``f`` and ``g`` (one value per channel of the
-  backbone's coarsest feature map, ``features_only=True``), the map is gated as
+  backbone's coarsest feature map, ``features_only=True``, which for a family with
+  ``features_include_head`` should include its head conv), the map is gated as
   ``sigmoid(tanh(features * f) + g)``, then pooled and classified.
 
 The backbone's parameters sit under ``backbone``, so its pretrained weights load there; the wrapper

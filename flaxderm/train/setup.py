@@ -152,6 +152,10 @@ def make_model(cfg: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:
     raise ValueError(f"config.model: {e}") from None
   if not fused:
     return model
+  if cfg.model.metadata_fusion == "metablock" and hasattr(model, "features_include_head"):
+    # MetaBlock gates the maps the classifier pools: an EfficientNet's after its 1x1 head conv
+    # (whose pretrained weights then load too), not its last block's
+    model = model.clone(features_include_head=True)
   return fusion.MetadataFusion(backbone=model, num_classes=info.output_channels,
                                fusion=cfg.model.metadata_fusion, dtype=kwargs.get("dtype"))
 

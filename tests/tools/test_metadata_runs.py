@@ -144,9 +144,13 @@ def test_gradcam_explains_the_image_with_the_metadata_held_fixed(metadata_run, i
   assert [w["file"] for w in summary["written"]] == ["a_gradcam.png", "b_gradcam.png"]
 
 
-def test_evaluate_rescores_the_run_with_its_metadata(metadata_run):
+def test_evaluate_and_calibrate_score_the_run_with_its_metadata(metadata_run):
   from flaxderm.tools import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+
+  from flaxderm.tools import calibration  # pylint: disable=g-import-not-at-top
 
   metrics = evaluate_lib.evaluate_run(metadata_run)
   recorded = json.loads((metadata_run / "results.json").read_text())["validation"]
   assert metrics["accuracy"] == pytest.approx(recorded["accuracy"])
+  calibration.calibrate_run(metadata_run)  # validation logits with the metadata
+  (metadata_run / run_lib.CALIBRATION).unlink()  # the other tests use the plain run

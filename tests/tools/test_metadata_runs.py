@@ -106,26 +106,39 @@ def test_predict_names_an_image_without_metadata(metadata_run, images, tmp_path)
     predict_lib.predict_files(metadata_run, [str(images)], tmp_path / "out", progress=False)
 
 
-@pytest.mark.slow
-def test_onnx_export_takes_the_metadata_as_a_second_input(metadata_run, tmp_path):
+def _onnx(path, images, metadata):
   onnxruntime = pytest.importorskip("onnxruntime")
+  session = onnxruntime.InferenceSession(str(path))
+  names = [i.name for i in session.get_inputs()]
+  return session.run(None, dict(zip(names, (images, metadata))))[0]
+
+
+def _savedmodel(path, images, metadata):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+  return next(iter(serve(image=tf.constant(images), metadata=tf.constant(metadata)).values())
+              ).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, read", [("onnx", _onnx), ("savedmodel", _savedmodel)])
+def test_export_takes_the_metadata_as_a_second_input(metadata_run, tmp_path, fmt, read):
   from flaxderm.tools import export as export_lib  # pylint: disable=g-import-not-at-top
 
-  out = tmp_path / "fused.onnx"
-  card = export_lib.export_run(metadata_run, "onnx", out)
+  out = tmp_path / f"fused.{fmt}"
+  card = export_lib.export_run(metadata_run, fmt, out)
   run = run_lib.load_run(metadata_run)
   width = len(card["metadata_input"]["columns"])
   assert card["metadata_input"]["shape"] == [None, width]
   assert card["metadata_input"]["fields"] == list(FIELDS)
+  assert "input `metadata`" in out.with_name(out.name + ".card.md").read_text()
   rng = np.random.default_rng(0)
   images = rng.normal(size=(3, 64, 64, 3)).astype(np.float32)
   metadata = np.stack([metadata_lib.encoder_of(run.members[0].data_cfg).encode(v)
                        for v in (*CASES.values(), {})])
   expected = np.asarray(jax.jit(run.forward)(images, metadata))
-  session = onnxruntime.InferenceSession(str(out))
-  names = [i.name for i in session.get_inputs()]
-  got = session.run(None, dict(zip(names, (images, metadata))))[0]
-  np.testing.assert_allclose(got, expected, atol=1e-4)
+  np.testing.assert_allclose(read(out, images, metadata), expected, atol=1e-4)
 
 
 def test_gradcam_explains_the_image_with_the_metadata_held_fixed(metadata_run, images, tmp_path):

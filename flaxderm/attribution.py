@@ -22,7 +22,8 @@ Methods:
   Swin's last stage), otherwise the last output on the coarsest grid among the model's own
   submodules (a CNN's last stage or head conv, the original U-Net's bottleneck); segmentation
   models with an encoder take their encoder's (a PSP-style decoder's pooled bins are coarser
-  still). A token sequence ``(N, T, D)`` is read as prefix tokens (the class token) followed by the
+  still), a classifier fed clinical metadata (``MetadataFusion``) its backbone's, the metadata
+  held fixed. A token sequence ``(N, T, D)`` is read as prefix tokens (the class token) followed by the
   patch grid. Where pytorch-grad-cam hooks a torch module, the gradient here is that of a zero
   added to the flax module's output (``nn.intercept_methods``), so no model file knows about
   explanations.
@@ -48,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxderm.models import model_entry
+from flaxderm.models.fusion import BACKBONE, MetadataFusion
 from flaxderm.models.segmentation import SegmentationModel
 
 METHODS = ("gradcam", "gradcampp", "integrated_gradients", "saliency")
@@ -121,12 +123,14 @@ def _module_outputs(apply_fn: Callable, x: jax.Array) -> list[tuple[str, object]
   return calls
 
 
-def cam_layers(model: nn.Module, variables, x: jax.Array) -> dict[str, Layer]:
+def cam_layers(model: nn.Module, variables, x: jax.Array, *inputs: jax.Array
+               ) -> dict[str, Layer]:
   """The model's module outputs that are maps of the input, by path, in call order (a module called
-  more than once: its first call)."""
+  more than once: its first call). ``inputs``: what the model takes after the images (the
+  metadata of a ``MetadataFusion``)."""
   found: dict[str, Layer] = {}
   height, width = x.shape[1:3]
-  for name, out in _module_outputs(lambda z: model.apply(variables, z, train=False), x):
+  for name, out in _module_outputs(lambda z: model.apply(variables, z, *inputs, train=False), x):
     if not name or name in found or not hasattr(out, "shape"):
       continue
     layout = _spatial_layout(tuple(out.shape), height, width)
@@ -140,6 +144,8 @@ def default_layer(model: nn.Module, model_name: str, layers: dict[str, Layer]) -
   prefix, entry = "", model_entry(model_name)
   if isinstance(model, SegmentationModel) and model.encoder_name is not None:
     prefix, entry = "encoder/", model_entry(model.encoder_name)
+  if isinstance(model, MetadataFusion):  # the classifier's layers, inside the fused model
+    prefix = f"{BACKBONE}/"
   inside = [name[len(prefix):] for name in layers if name.startswith(prefix)]
   if entry.gradcam_layer:  # a pattern over the module paths inside it, the last match wins
     candidates = [n for n in inside if re.fullmatch(entry.gradcam_layer, n)]

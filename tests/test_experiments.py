@@ -28,7 +28,8 @@ def private_data_dir(tmp_path_factory, monkeypatch):
 def test_the_papers_experiments_are_all_there():
   assert {"default", "paper001_resnet101_ham10000", "paper004_codec_isic2018",
           "paper004_unet_isic2018", "deeplabv3plus_isic2018", "vit_ham10000", "swin_ham10000",
-          "ph2_unet_cpu", "ph2_segmentation_cpu", "isic2018_task3_lite0_cpu"} <= set(EXPERIMENTS)
+          "ph2_unet_cpu", "ph2_segmentation_cpu", "isic2018_task3_lite0_cpu", "pad_ufes20_cpu",
+          "pad_ufes20_metadata_cpu", "isic2018_task3_lite0_metadata_cpu"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

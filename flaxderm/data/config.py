@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from flaxderm.data import augment as augment_lib
+from flaxderm.data import metadata as metadata_lib
 from flaxderm.data import preprocess as preprocess_lib
 from flaxderm.data import splits as splits_lib
 
@@ -84,6 +85,13 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.mean = ()
   c.std = ()
 
+  # Clinical metadata as a model input (flaxderm.data.metadata): the fields encoded into each
+  # batch's `metadata` vector, e.g. ("age", "sex", "site"); () = images only. The vocabulary
+  # (number fields' mean/std, category fields' categories) is computed from train_split when
+  # left empty, and a run records it in its config.json.
+  c.metadata = ()
+  c.metadata_vocabulary = ml_collections.ConfigDict()
+
   c.preprocess = ml_collections.ConfigDict(default_preprocess_config())
   c.augment = ml_collections.ConfigDict(augment_lib.default_augment_config())
 
@@ -111,6 +119,10 @@ def validate_data_config(cfg: Mapping[str, Any]) -> None:
   for step in ("black_frame", "hair"):
     _check_keys(cfg["preprocess"][step], reference.preprocess[step], f"data.preprocess.{step}")
   augment_lib.validate_augment_config(cfg["augment"])
+  metadata_lib.check_inputs(tuple(cfg["metadata"]))
+  if cfg["metadata"] and cfg["task"] == "segmentation":
+    raise ValueError("data.metadata: metadata inputs are for classification; data.task is "
+                     "'segmentation'")
   if not isinstance(cfg["image_size"], int) or cfg["image_size"] <= 0:
     raise ValueError(f"data.image_size must be a positive int, got {cfg['image_size']!r}")
   if cfg["normalization"] not in preprocess_lib.NORMALIZATIONS:

@@ -1,7 +1,8 @@
 """grain input pipelines: read -> decode -> preprocess -> resize -> augment -> normalise -> batch.
 
 Per-process batches follow the team contract (``image`` float32 NHWC normalised, ``mask`` int32
-0/1, ``label`` int32, ``valid`` float32, ``id`` str). The training iterator is infinite,
+0/1, ``label`` int32, ``valid`` float32, ``id`` str; with ``data.metadata``, ``metadata`` float32
+(B, D) encoded by ``flaxderm.data.metadata``). The training iterator is infinite,
 deterministic given the seed and checkpointable (``get_state()`` / ``set_state()`` restore the
 exact next batch); the eval iterator makes one pass, padding the last batch with ``valid=0``.
 
@@ -28,10 +29,12 @@ from typing import Any
 
 from absl import flags
 import grain
+import ml_collections
 import numpy as np
 
 from flaxderm.data import augment as augment_lib
 from flaxderm.data import config as config_lib
+from flaxderm.data import metadata as metadata_lib
 from flaxderm.data import preprocess as preprocess_lib
 from flaxderm.data import sources
 from flaxderm.data import splits as splits_lib
@@ -63,8 +66,11 @@ _PREPARE_KEYS = ("preprocess", "image_size", "resize", "crop_fraction")
 
 
 def _prepare_key(cfg: Mapping[str, Any], keep_context: bool = False) -> str:
-  return json.dumps({**{k: sources.plain(cfg[k]) for k in _PREPARE_KEYS},
+  return json.dumps({**{k: sources.plain(cfg[k]) for k in (*_PREPARE_KEYS, *_METADATA_KEYS)},
                      "keep_context": keep_context}, sort_keys=True, default=list)
+
+
+_METADATA_KEYS = ("metadata", "metadata_vocabulary")
 
 
 def prepare_pair(image: np.ndarray, mask: np.ndarray | None, cfg: Mapping[str, Any], *,
@@ -99,7 +105,9 @@ class PreparedSplit(Sequence):
 
   A prepared record holds ``image`` uint8 (S, S, 3) (with ``keep_context``: at least S on each
   side, the image around the S square), ``mask`` uint8 of the image's height and width when the
-  dataset has masks, ``label`` int when it has labels, and ``id``. With ``cache``, prepared
+  dataset has masks, ``label`` int when it has labels, ``metadata`` float32 (D,) with
+  ``metadata`` (the vocabulary must be resolved: ``with_metadata_vocabulary``), and ``id``. With
+  ``cache``, prepared
   records are kept in a process-wide dict keyed by (data, preprocessing config, size), so hair
   removal runs once per image across epochs, folds and iterators rather than once per step.
   """
@@ -113,11 +121,16 @@ class PreparedSplit(Sequence):
     self._has_label = source.class_names is not None
     self._cfg = {k: sources.plain(cfg[k]) for k in _PREPARE_KEYS}
     self._keep_context = keep_context
+    self._encoder = metadata_lib.encoder_of(cfg)
     self._cache = (_CACHES.setdefault((source.key, _prepare_key(cfg, keep_context)), {})
                    if cfg["cache"] else None)
 
   def __len__(self) -> int:
     return len(self.indices)
+
+  @property
+  def metadata_width(self) -> int | None:
+    return None if self._encoder is None else self._encoder.width
 
   def subset(self, positions: np.ndarray) -> "PreparedSplit":
     """The same split restricted to ``positions`` (sharing the cache)."""
@@ -152,6 +165,8 @@ class PreparedSplit(Sequence):
       prepared["mask"] = mask
     if self._has_label:
       prepared["label"] = int(record["label"])
+    if self._encoder is not None:
+      prepared["metadata"] = self._encoder.encode_record(record, f"example {prepared['id']!r}")
     return prepared
 
 
@@ -182,6 +197,8 @@ class _ToBatchRecord:
       out["mask"] = mask.astype(np.int32)
     if "label" in record:
       out["label"] = np.int32(record["label"])
+    if "metadata" in record:
+      out["metadata"] = record["metadata"]
     return out
 
 
@@ -242,7 +259,8 @@ def _source(data_cfg: Mapping[str, Any], source: DataSource | None) -> DataSourc
 def _prepared(source: DataSource, cfg: Mapping[str, Any], name: str, *,
               keep_context: bool = False) -> PreparedSplit:
   split, indices = splits_lib.resolve_split(source, cfg, name)
-  return PreparedSplit(source, cfg, split, indices, keep_context=keep_context)
+  return PreparedSplit(source, with_metadata_vocabulary(cfg, source=source), split, indices,
+                       keep_context=keep_context)
 
 
 _STATS_CACHE: dict[tuple[str, str, str], tuple[tuple[float, ...], tuple[float, ...]]] = {}
@@ -272,6 +290,29 @@ def dataset_statistics(data_cfg: Mapping[str, Any], *, source: DataSource | None
     logging.info("data: %s mean %s std %s", cfg["train_split"], mean, std)
     _STATS_CACHE[key] = (tuple(mean.tolist()), tuple(std.tolist()))
   return _STATS_CACHE[key]
+
+
+def metadata_vocabulary(data_cfg: Mapping[str, Any], *, source: DataSource | None = None
+                        ) -> metadata_lib.Vocabulary:
+  """The vocabulary of ``data.metadata`` from the ``train_split`` records (no image is decoded)."""
+  cfg = _checked(data_cfg)
+  source = _source(cfg, source)
+  split, indices = splits_lib.resolve_split(source, cfg, cfg["train_split"])
+  records = source.split(split)
+  return metadata_lib.fit_vocabulary(tuple(cfg["metadata"]),
+                                     (records[int(i)] for i in indices),
+                                     owner=f"dataset {cfg['name']!r} split {cfg['train_split']!r}")
+
+
+def with_metadata_vocabulary(data_cfg: Mapping[str, Any], *, source: DataSource | None = None
+                             ) -> Mapping[str, Any]:
+  """``data_cfg``, or a copy with ``metadata_vocabulary`` computed from its training split when
+  it has ``metadata`` and no vocabulary yet."""
+  if not data_cfg["metadata"] or data_cfg["metadata_vocabulary"]:
+    return data_cfg
+  resolved = ml_collections.ConfigDict(sources.plain(data_cfg))
+  resolved.metadata_vocabulary = metadata_vocabulary(data_cfg, source=source)
+  return resolved
 
 
 def _normalization_stats(source: DataSource, cfg: Mapping[str, Any]):
@@ -395,6 +436,8 @@ def make_eval_iterator(data_cfg: Mapping[str, Any], split: str | None = None, *,
     blank["mask"] = np.zeros((size, size), np.uint8)
   if source.class_names is not None:
     blank["label"] = 0
+  if prepared.metadata_width is not None:
+    blank["metadata"] = np.zeros((prepared.metadata_width,), np.float32)
   dataset = grain.MapDataset.source(_Padded(local, num_batches * batch_size, blank))
   dataset = dataset.map(_ToBatchRecord(_normalization_stats(source, cfg)))
   return _finish(dataset, cfg, batch_size, drop_remainder=False)

@@ -8,7 +8,8 @@ the families build on, named in ``SHARED_MODULES``:
 * registry.py: ``create_model``, ``list_models``, ``model_entry``, ``register_model``.
 * layers.py: convolutions, norms, pooling, resizing. attention.py: squeeze-excitation and the other
   channel/spatial attention blocks. encoder.py: ``ConvNet``, the base of the CNN classifiers.
-  segmentation.py: ``SegmentationModel``, the base of the encoder-decoder models.
+  segmentation.py: ``SegmentationModel``, the base of the encoder-decoder models. fusion.py:
+  ``MetadataFusion``, any classifier fed clinical metadata beside the image.
 * naming.py: PyTorch <-> flax module paths. weights.py: weight tags (pure data).
 * convert.py (PyTorch checkpoints <-> variables) and pretrained.py (loading weights), which the
   families never import: ``import flaxderm.models`` loads neither them nor optax.
@@ -43,8 +44,8 @@ import pkgutil
 
 from flaxderm.models.registry import ModelEntry, create_model, list_models, model_entry, register_model
 
-SHARED_MODULES = frozenset({"attention", "convert", "encoder", "layers", "naming", "pretrained",
-                            "registry", "segmentation", "weights"})
+SHARED_MODULES = frozenset({"attention", "convert", "encoder", "fusion", "layers", "naming",
+                            "pretrained", "registry", "segmentation", "weights"})
 
 # Importing a family module registers its variants.
 for _module in pkgutil.iter_modules(__path__):

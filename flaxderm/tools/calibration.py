@@ -120,12 +120,15 @@ def _validation_logits(workdir: Path, cfg, task: step_lib.Task, model, state, us
                        ) -> tuple[np.ndarray, np.ndarray, int]:
   """(logits (M, C), labels (M,), number of cases) of the run's validation split; M is the cases
   for classification, the grid pixels of every case for segmentation."""
-  predict = par.compile_case_step(step_lib.make_predict_step(model, cfg, use_ema=use_ema))
+  predict_step = step_lib.make_predict_step(model, cfg, use_ema=use_ema)
+  predict = par.compile_case_step(
+      lambda state, inputs: predict_step(state, inputs["image"], *step_lib.metadata_of(inputs)))
   data_cfg = setup.eval_data_config(cfg)
   logits, labels, cases = [], [], 0
   with jax.set_mesh(par.mesh):
     for batch in scoring.eval_batches(data_cfg, data_cfg.eval_split, batch_size):
-      out = par.gather(predict(state, par.shard_batch({"image": batch["image"]})["image"]))
+      inputs = {k: batch[k] for k in ("image", "metadata") if k in batch}
+      out = par.gather(predict(state, par.shard_batch(inputs)))
       valid = par.gather(np.asarray(batch["valid"])) > 0
       truth = par.gather(np.asarray(batch[task.label_key]))
       out, truth = out[valid], truth[valid]

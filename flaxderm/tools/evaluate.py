@@ -290,8 +290,9 @@ def _check_ensemble(restored: list[run_lib.Restored]) -> None:
 
 def _ensemble_batches(data_cfgs: list[ml_collections.ConfigDict], split: str, batch_size: int):
   """One stream of batches for every member: the same cases in the same order, ``image`` of
-  shape (N, members, H, W, C) when members prepare images differently (e.g. each fold's own
-  dataset normalisation), else the one shared (N, H, W, C)."""
+  shape (N, members, H, W, C) (and ``metadata`` (N, members, D)) when members prepare inputs
+  differently (e.g. each fold's own dataset normalisation or metadata vocabulary), else the one
+  shared (N, H, W, C)."""
   first = pipeline.preparation(data_cfgs[0])
   if all(pipeline.preparation(d) == first for d in data_cfgs[1:]):
     yield from scoring.eval_batches(data_cfgs[0], split, batch_size)
@@ -300,7 +301,8 @@ def _ensemble_batches(data_cfgs: list[ml_collections.ConfigDict], split: str, ba
   for batches in zip(*streams, strict=True):
     if any(not np.array_equal(b["id"], batches[0]["id"]) for b in batches[1:]):
       raise ValueError("the folds' evaluation batches hold different cases")
-    yield {**batches[0], "image": np.stack([b["image"] for b in batches], axis=1)}
+    yield {**batches[0], **{key: np.stack([b[key] for b in batches], axis=1)
+                            for key in ("image", "metadata") if key in batches[0]}}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@
         [--params last|best] [--ema | --no-ema] [--tta none|hflip|flips] [--batch-size N]
 
 The graph maps a batch of prepared model inputs, float32 (N, S, S, 3) NHWC normalised as the card
-says, to probabilities: the lesion probability map (N, S, S) of a segmentation run, or the class
+says (input ``image``; a run with clinical metadata takes a second input ``metadata``, float32
+(N, D), encoded as ``flaxderm.data.metadata`` does under the vocabulary the card records), to
+probabilities: the lesion probability map (N, S, S) of a segmentation run, or the class
 probabilities (N, K) of a classifier (BatchNorm in inference mode, the run's test-time
 augmentation inside, the mean of the folds for a cross-validation run). Preparing an image
 (resize, normalisation) is the caller's, as ``flaxderm.data.pipeline.model_input`` does it.
@@ -36,11 +38,13 @@ import jax
 from jax._src import source_info_util
 
 from flaxderm.tools import run as run_lib
+from flaxderm.data import metadata as metadata_lib
 from flaxderm.data import preprocess as preprocess_lib
 from flaxderm.train import checkpoint as checkpoint_lib
 
 FORMATS = ("onnx", "savedmodel", "tflite")
 INPUT_NAME = "image"
+INPUT_NAMES = (INPUT_NAME, "metadata")  # a run with clinical metadata takes the second too
 # What marks a folder as a training run (flaxderm.train.loop writes them), never an export's.
 RUN_MARKERS = (run_lib.CONFIG, checkpoint_lib.LATEST)
 # What tf.saved_model.save writes into its folder: all that --overwrite may remove there.
@@ -68,7 +72,7 @@ def _equations(jaxpr, scope: str = "") -> list[tuple[Any, str]]:
   return found
 
 
-def _failing_layer(error: BaseException, fn: Callable, shape: tuple[int, ...]) -> str:
+def _failing_layer(error: BaseException, fn: Callable, shapes: list[tuple[int, ...]]) -> str:
   """The layer (flax module path) where a converter stopped: the MLIR location of a TensorFlow
   converter message, or the first operation of ``fn`` whose primitive the message names."""
   text = str(error)
@@ -76,7 +80,8 @@ def _failing_layer(error: BaseException, fn: Callable, shape: tuple[int, ...]) -
   if located:
     return located.group(1).rsplit("/", 1)[0]
   try:
-    jaxpr = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct((1, *shape), jax.numpy.float32)).jaxpr
+    jaxpr = jax.make_jaxpr(fn)(*(jax.ShapeDtypeStruct((1, *shape), jax.numpy.float32)
+                                 for shape in shapes)).jaxpr
   except Exception:  # pylint: disable=broad-except  (then there is no layer to name)
     return ""
   words = set(re.findall(r"[a-z_0-9]+", text.lower()))
@@ -89,54 +94,65 @@ def _failing_layer(error: BaseException, fn: Callable, shape: tuple[int, ...]) -
 
 
 def _unexpressible(fmt: str, name: str, error: BaseException, fn: Callable,
-                   shape: tuple[int, ...]) -> ExportError:
-  layer = _failing_layer(error, fn, shape)
+                   shapes: list[tuple[int, ...]]) -> ExportError:
+  layer = _failing_layer(error, fn, shapes)
   where = f" at layer {layer}" if layer else ""
   message = str(error).strip().splitlines()[0][:400] if str(error).strip() else type(error).__name__
   return ExportError(f"{fmt}: model {name!r} cannot be exported{where}: {type(error).__name__}: "
                      f"{message}")
 
 
-def export_function(fn: Callable[[jax.Array], jax.Array], image_size: int, fmt: str,
-                    path: Path, *, name: str, batch_size: int = 1) -> dict[str, Any]:
-  """Writes ``fn`` (float32 (N, S, S, 3) -> array) to ``path`` in ``fmt``; returns what the card
-  records about the graph (input shape, whether the batch is dynamic)."""
+def export_function(fn: Callable[..., jax.Array], image_size: int, fmt: str,
+                    path: Path, *, name: str, batch_size: int = 1,
+                    metadata_width: int | None = None) -> dict[str, Any]:
+  """Writes ``fn`` (float32 (N, S, S, 3) [, float32 (N, metadata_width)] -> array) to ``path``
+  in ``fmt``; returns what the card records about the graph (input shapes, whether the batch is
+  dynamic)."""
   if fmt not in FORMATS:
     raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
   if batch_size < 1:
     raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-  shape = (image_size, image_size, 3)
+  shapes = [(image_size, image_size, 3)] + ([(metadata_width,)] if metadata_width else [])
+
+  def graph(batch: int | None) -> dict[str, Any]:
+    described = {"input": [batch, *shapes[0]], "dynamic_batch": batch is None}
+    if metadata_width:
+      described["metadata_input"] = [batch, metadata_width]
+    return described
+
   try:
     if fmt == "onnx":
       from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
 
-      model = to_onnx(fn, [("N", *shape)], model_name=name)
+      model = to_onnx(fn, [("N", *shape) for shape in shapes], model_name=name)
       path.write_bytes(model.SerializeToString())
-      return {"input": [None, *shape], "dynamic_batch": True}
-    tf_function = _tf_function(fn, shape, None)
+      return graph(None)
+    tf_function = _tf_function(fn, shapes, None)
     if fmt == "savedmodel":
       _save_tf(tf_function, path)
-      return {"input": [None, *shape], "dynamic_batch": True}
+      return graph(None)
     try:
       path.write_bytes(_tflite(tf_function))
-      return {"input": [None, *shape], "dynamic_batch": True}
+      return graph(None)
     except Exception:  # pylint: disable=broad-except  (e.g. strided slices need a static batch)
-      path.write_bytes(_tflite(_tf_function(fn, shape, batch_size)))
-      return {"input": [batch_size, *shape], "dynamic_batch": False}
+      path.write_bytes(_tflite(_tf_function(fn, shapes, batch_size)))
+      return graph(batch_size)
   except ExportError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (converters raise anything)
-    raise _unexpressible(fmt, name, e, fn, shape) from e
+    raise _unexpressible(fmt, name, e, fn, shapes) from e
 
 
-def _tf_function(fn, shape: tuple[int, ...], batch_size: int | None):
+def _tf_function(fn, shapes: list[tuple[int, ...]], batch_size: int | None):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
 
-  polymorphic = None if batch_size else [f"(n, {', '.join(map(str, shape))})"]
+  polymorphic = (None if batch_size else
+                 [f"(n, {', '.join(map(str, shape))})" for shape in shapes])
   converted = jax2tf.convert(fn, polymorphic_shapes=polymorphic, with_gradient=False)
-  spec = tf.TensorSpec([batch_size, *shape], tf.float32, name=INPUT_NAME)
-  return tf.function(lambda image: converted(image), input_signature=[spec], autograph=False)
+  specs = [tf.TensorSpec([batch_size, *shape], tf.float32, name=input_name)
+           for shape, input_name in zip(shapes, INPUT_NAMES)]
+  return tf.function(lambda *inputs: converted(*inputs), input_signature=specs, autograph=False)
 
 
 def _save_tf(tf_function, path: Path) -> None:
@@ -192,11 +208,24 @@ def model_card(run: run_lib.Run, fmt: str, graph: dict[str, Any]) -> dict[str, A
                 "scaling": ("pixels / 255, then (x - mean) / std" if stats else
                             "pixels / 255, then each image standardised by its own channel "
                             "means and standard deviations")},
+      "metadata_input": _metadata_card(data, graph),
       "task": run.task,
       "class_names": list(run.class_names),
       "output": output,
       "intended_use": INTENDED_USE,
   }
+
+
+def _metadata_card(data, graph: dict[str, Any]) -> dict[str, Any] | None:
+  """The second input of a run with clinical metadata: its fields, their vocabulary and what
+  each of its D columns means (None for an image-only run)."""
+  encoder = metadata_lib.encoder_of(data)
+  if encoder is None:
+    return None
+  return {"name": INPUT_NAMES[1], "shape": graph["metadata_input"], "fields": list(encoder.fields),
+          "vocabulary": encoder.vocabulary, "columns": list(encoder.names),
+          "encoding": "numbers (x - mean) / std and a missing flag (value 0, flag 1 when "
+                      "missing); categories one-hot with a last unknown slot (missing or unseen)"}
 
 
 def _card_markdown(card: dict[str, Any]) -> str:
@@ -218,6 +247,11 @@ def _card_markdown(card: dict[str, Any]) -> str:
       f" ({card['input']['scaling']}); preprocessing {card['input']['preprocess']}",
       f"- output: {card['output']}",
       f"- class names: {card['class_names']}", ""]
+  extra = card["metadata_input"]
+  if extra is not None:
+    lines[-1:-1] = [f"- input `{extra['name']}`: {extra['shape']}, the clinical fields "
+                    f"{extra['fields']} as columns {extra['columns']} ({extra['encoding']}); "
+                    f"vocabulary {json.dumps(extra['vocabulary'], sort_keys=True)}"]
   return "\n".join(lines)
 
 
@@ -272,12 +306,18 @@ def export_run(workdir: str | Path, fmt: str, out: str | Path, *, params: str | 
   sizes = {m.data_cfg.image_size for m in run.members}
   if len(sizes) > 1:
     raise ValueError(f"the folds of {workdir} use different image sizes {sorted(sizes)}")
+  encoders = [metadata_lib.encoder_of(m.data_cfg) for m in run.members]
+  if encoders[0] is not None and len(run.members) > 1:
+    # each fold encodes with its own training split's vocabulary: no one metadata input fits all
+    raise ValueError(f"{workdir}: the folds of a run with clinical metadata encode it each with "
+                     "their own vocabulary; export one fold (--workdir RUN/fold_k)")
   fn = run.forward
   out.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
     staged = Path(scratch) / out.name  # a failed export leaves no half-written file
     graph = export_function(fn, sizes.pop(), fmt, staged, name=run.cfg.model.name,
-                            batch_size=batch_size)
+                            batch_size=batch_size,
+                            metadata_width=encoders[0] and encoders[0].width)
     if out.is_dir():
       shutil.rmtree(out)
     elif out.exists():

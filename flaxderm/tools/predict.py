@@ -2,7 +2,7 @@
 
     python launch.py predict --workdir RUN --out DIR INPUT... [--params last|best]
         [--ema | --no-ema] [--tta none|hflip|flips] [--batch-size N] [--overwrite]
-        [--largest-component] [--fill-holes] [--save-probabilities]
+        [--largest-component] [--fill-holes] [--save-probabilities] [--metadata FILE]
 
 INPUT: image files (JPEG, PNG, BMP; any size), folders (their images, not recursing) or glob
 patterns. Outputs in DIR, per image id (the file name without its extension):
@@ -15,6 +15,12 @@ patterns. Outputs in DIR, per image id (the file name without its extension):
 * classification runs: ``predictions.csv`` (``image`` then one probability column per class,
   rows summing to 1; the seven ISIC 2018 Task 3 diagnoses are written as its submission header
   ``MEL,NV,BCC,AKIEC,BKL,DF,VASC``) and ``labels.csv`` (``image,label``: the most probable class).
+
+A run trained with clinical metadata (``data.metadata``) needs ``--metadata FILE``: a CSV with an
+image id column (``image``, ``image_id``, ``img_id`` or ``id``; the file name, with or without
+its extension) and one column per field the run takes (``age``, ``sex``, ``site``, ...; an empty
+cell or "unknown" is a missing value). Every input needs its row: a missing one is an error naming
+the image, before anything is predicted.
 
 Probabilities are those of ``flaxderm.load_run``: of the logits divided by the run's temperature
 when it holds ``calibration.json`` (``launch.py evaluate --calibrate``); masks and labels are the
@@ -88,6 +94,60 @@ def expand_inputs(inputs: Sequence[str], out: str | Path | None = None) -> list[
   return unique
 
 
+ID_COLUMNS = ("image", "image_id", "img_id", "id")
+
+
+def read_metadata(path: str | Path, fields: Sequence[str]) -> dict[str, dict[str, str]]:
+  """Image id -> {field: cell} of a metadata CSV (see the module docstring); ValueError naming the
+  file for a missing id or field column, or an image given two rows."""
+  path = Path(path)
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.DictReader(f)
+    header = reader.fieldnames or []
+    id_column = next((c for c in ID_COLUMNS if c in header), None)
+    if id_column is None:
+      raise ValueError(f"--metadata {path}: no image id column (one of {ID_COLUMNS}); its "
+                       f"columns are {header}")
+    absent = [name for name in fields if name not in header]
+    if absent:
+      raise ValueError(f"--metadata {path}: no column for the run's fields {absent}; its columns "
+                       f"are {header}")
+    table: dict[str, dict[str, str]] = {}
+    for row in reader:
+      named = Path(row[id_column].strip())
+      image_id = named.stem if named.suffix.lower() in IMAGE_SUFFIXES else named.name
+      if image_id in table:
+        raise ValueError(f"--metadata {path}: image {image_id!r} has two rows")
+      table[image_id] = {name: row[name] for name in fields}
+  return table
+
+
+def metadata_rows(table: dict[str, dict[str, str]], paths: Sequence[Path], source: str | Path
+                  ) -> list[dict[str, str]]:
+  """The metadata row of each image of ``paths``; ValueError naming the first image without one."""
+  missing = [p for p in paths if p.stem not in table]
+  if missing:
+    raise ValueError(f"--metadata {source}: no row for image {missing[0].stem!r} ({missing[0]})"
+                     + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+  return [table[p.stem] for p in paths]
+
+
+def run_metadata(run: run_lib.Run, paths: Sequence[Path], metadata: str | Path | None,
+                 workdir: str | Path) -> dict[Path, dict[str, str]] | None:
+  """Image path -> its metadata row from the CSV ``metadata`` for a run that takes clinical
+  metadata (None for an image-only run); ValueError when the run and ``metadata`` disagree (one
+  given without the other) or an image has no row."""
+  if run.metadata_fields and metadata is None:
+    raise ValueError(f"{workdir}: this run takes clinical metadata beside each image (fields "
+                     f"{list(run.metadata_fields)}): pass --metadata FILE (see predict's help)")
+  if metadata is not None and not run.metadata_fields:
+    raise ValueError(f"--metadata {metadata}: the run in {workdir} takes images only")
+  if metadata is None:
+    return None
+  table = read_metadata(metadata, run.metadata_fields)
+  return dict(zip(paths, metadata_rows(table, paths, metadata)))
+
+
 def postprocess(mask: np.ndarray, *, largest_component: bool, fill_holes: bool) -> np.ndarray:
   """The bool mask with only its largest connected region (8-connectivity) and/or its holes
   filled."""
@@ -143,11 +203,12 @@ def predict_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
                   params: str | None = None, use_ema: bool | None = None, tta: str | None = None,
                   batch_size: int = 8, overwrite: bool = False, largest_component: bool = False,
                   fill_holes: bool = False, save_probabilities: bool = False,
-                  progress: bool = True) -> dict:
+                  metadata: str | Path | None = None, progress: bool = True) -> dict:
   """Predicts every input image into ``out``; see the module docstring. Returns a summary
   (counts, skipped inputs, images/s)."""
   paths = expand_inputs(inputs, out)
   run = run_lib.load_run(workdir, params=params, use_ema=use_ema, tta=tta, batch_size=batch_size)
+  rows_of = run_metadata(run, paths, metadata, workdir)
   if run.task == "classification" and (largest_component or fill_holes or save_probabilities):
     raise ValueError("--largest-component, --fill-holes and --save-probabilities are for "
                      "segmentation runs; this run classifies")
@@ -176,7 +237,9 @@ def predict_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
         skipped.append((path, problem))
         bar.write(f"skipped {path}: {problem}", file=sys.stderr)
     if images:
-      probabilities = run.probabilities(images, [str(path) for path in read])
+      probabilities = run.probabilities(
+          images, [str(path) for path in read],
+          None if rows_of is None else [rows_of[path] for path in read])
       for image_id, image, probs in zip((path.stem for path in read), images, probabilities):
         if run.task == "classification":
           rows.append((image_id, probs))
@@ -231,6 +294,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--fill-holes", action="store_true", help="segmentation: fill mask holes")
   parser.add_argument("--save-probabilities", action="store_true",
                       help="segmentation: also write <id>_probability.png (16-bit)")
+  parser.add_argument("--metadata", metavar="FILE",
+                      help="runs with clinical metadata: a CSV of image id and field columns")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -239,7 +304,8 @@ def main(args: argparse.Namespace) -> None:
       args.workdir, args.inputs, args.out, params=args.params, use_ema=args.ema, tta=args.tta,
       batch_size=args.batch_size, overwrite=args.overwrite,
       largest_component=args.largest_component, fill_holes=args.fill_holes,
-      save_probabilities=args.save_probabilities, progress=not args.no_progress)
+      save_probabilities=args.save_probabilities, metadata=args.metadata,
+      progress=not args.no_progress)
   print(f"{summary['predicted']} images predicted into {summary['out']} "
         f"({summary['skipped']} skipped) in {summary['seconds']:.1f} s: "
         f"{summary['images_per_s']:.2f} images/s including decoding", flush=True)

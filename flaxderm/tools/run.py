@@ -3,6 +3,8 @@
     import flaxderm
     run = flaxderm.load_run("runs/ph2", params="best")
     mask = run.predict(image)          # uint8 (H, W, 3) -> bool (H, W) mask at the image's size
+    probs = run.predict(image, metadata={"age": 55, "sex": "female", "site": "back"})  # a run
+                                       # with data.metadata: its clinical fields beside the image
 
 ``run.predict`` returns, for a segmentation run, the lesion mask at the image's own resolution
 (the model's probabilities resized back onto the part of the image it saw, then thresholded), and
@@ -26,14 +28,16 @@ import argparse
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flaxderm.data import metadata as metadata_lib
 from flaxderm.data import pipeline
 from flaxderm.train import checkpoint as checkpoint_lib
 from flaxderm.train import config as config_lib
@@ -116,9 +120,8 @@ def restore(workdir: Path, *, params: str | None, use_ema: bool | None, tta: str
   if use_ema and cfg.optimizer.ema_decay == 0.0:
     raise ValueError(f"--ema: the run in {workdir} kept no EMA (its optimizer.ema_decay is 0)")
   model = setup.make_model(cfg, info)
-  size = cfg.data.image_size
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               np.zeros((1, size, size, 3), np.float32)))
+  dummy = setup.dummy_inputs(model, cfg)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy))
   target = setup.weights_of(abstract, cfg.optimizer.ema_decay > 0)
   weights, step = checkpoint_lib.Checkpointer(workdir, read_only=True).restore_weights(
       which, target, par.replicated)
@@ -173,7 +176,7 @@ class Member:
   step: int
   model: object
   state: TrainState
-  forward: Callable[[TrainState, jax.Array], jax.Array]  # model inputs -> probabilities
+  forward: Callable[..., jax.Array]  # (state, images[, metadata]) -> probabilities
   temperature: float = 1.0  # the logits are divided by it (calibration.json)
 
   def __post_init__(self):
@@ -210,26 +213,53 @@ class Run:
     """The short side (pixels) below which an image is predicted with a warning."""
     return MIN_SIDE_FRACTION * min(m.data_cfg.image_size for m in self.members)
 
-  def forward(self, inputs: jax.Array) -> jax.Array:
-    """Probabilities of prepared model inputs (N, S, S, 3): lesion maps (N, S, S) or classes
-    (N, K), the mean over the members; a pure function of ``inputs`` (what export converts)."""
-    outputs = [member.forward(member.state, inputs) for member in self.members]
+  @property
+  def metadata_fields(self) -> tuple[str, ...]:
+    """The clinical fields the model takes beside the image (``data.metadata``; () for none)."""
+    return tuple(self.cfg.data.metadata)
+
+  def forward(self, inputs: jax.Array, *metadata: jax.Array) -> jax.Array:
+    """Probabilities of prepared model inputs (N, S, S, 3) (and encoded ``metadata`` (N, D) for
+    a run that takes it): lesion maps (N, S, S) or classes (N, K), the mean over the members; a
+    pure function of its inputs (what export converts)."""
+    outputs = [member.forward(member.state, inputs, *metadata) for member in self.members]
     return sum(outputs[1:], outputs[0]) / len(outputs)
 
-  def probabilities(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None
-                    ) -> list[np.ndarray]:
+  def encoded_metadata(self, metadata: Sequence[Mapping[str, Any]] | None,
+                       names: Sequence[str]) -> list[np.ndarray | None]:
+    """Per member: the float32 (N, D) metadata of the images ``names`` under its vocabulary, or
+    None when the run takes none. ValueError when the run takes metadata and none is given (or
+    the reverse), or a value does not parse (naming the image and the field)."""
+    encoders = [metadata_lib.encoder_of(m.data_cfg) for m in self.members]
+    if encoders[0] is None:
+      if metadata is not None:
+        raise ValueError(f"{self.workdir}: this run takes images only; it was given metadata")
+      return [None] * len(encoders)
+    if metadata is None:
+      raise ValueError(f"{self.workdir}: this run takes clinical metadata beside each image "
+                       f"(fields {list(self.metadata_fields)}); pass metadata (one dict per "
+                       "image; None or an absent field is a missing value)")
+    if len(metadata) != len(names):
+      raise ValueError(f"{len(names)} images but {len(metadata)} metadata entries")
+    return [np.stack([e.encode(values, owner=name) for values, name in zip(metadata, names)])
+            for e in encoders]
+
+  def probabilities(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None,
+                    metadata: Sequence[Mapping[str, Any]] | None = None) -> list[np.ndarray]:
     """Per image: the lesion probability map (H, W) at the image's size, or the class
     probabilities (K,); the mean over the members. ``images``: a list of uint8 (H, W, 3) arrays
     (or one stacked (N, H, W, 3) array); ``names`` name them in errors and warnings (default
-    "image <index>")."""
+    "image <index>"); ``metadata``: for a run that takes clinical metadata, one dict per image
+    (field -> value, e.g. ``{"age": 55, "sex": "female", "site": "back"}``)."""
     if isinstance(images, np.ndarray) and images.ndim != 4:
       raise ValueError(f"expected a list of images (uint8 (H, W, 3) each), got one array of "
                        f"shape {images.shape}: pass [image], or use predict(image) for one")
     names = names or [f"image {i}" for i in range(len(images))]
     images = [self._checked_image(image, name) for image, name in zip(images, names)]
+    encoded = self.encoded_metadata(metadata, names)
     total: list[np.ndarray] | None = None
     inputs: dict[str, list] = {}  # folds of a CV run share their preparation: done once
-    for member in self.members:
+    for member, member_metadata in zip(self.members, encoded):
       key = pipeline.preparation(member.data_cfg)
       if key not in inputs:
         inputs[key] = [pipeline.model_input(image, member.data_cfg) for image in images]
@@ -239,19 +269,26 @@ class Run:
         chunk = prepared[start:start + self.batch_size]
         batch = np.zeros((self.batch_size, *chunk[0][0].shape), np.float32)  # one compiled shape
         batch[:len(chunk)] = [x for x, _ in chunk]
-        out = np.asarray(member.infer(member.state, jnp.asarray(batch)))[:len(chunk)]
+        extra = []
+        if member_metadata is not None:
+          extra.append(np.zeros((self.batch_size, member_metadata.shape[1]), np.float32))
+          extra[0][:len(chunk)] = member_metadata[start:start + len(chunk)]
+        out = np.asarray(member.infer(member.state, jnp.asarray(batch),
+                                      *map(jnp.asarray, extra)))[:len(chunk)]
         for (_, window), p in zip(chunk, out):
           probs.append(window.paste(p) if self.task == "segmentation" else p.astype(np.float64))
       total = probs if total is None else [t + p for t, p in zip(total, probs)]
     return [t / len(self.members) for t in total]
 
-  def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Masks (bool, H x W of each image) or class probabilities (K,) of ``images``."""
-    probs = self.probabilities(images)
+  def predict_batch(self, images: Sequence[np.ndarray],
+                    metadata: Sequence[Mapping[str, Any]] | None = None) -> list[np.ndarray]:
+    """Masks (bool, H x W of each image) or class probabilities (K,) of ``images`` (with one
+    ``metadata`` dict per image for a run that takes clinical metadata)."""
+    probs = self.probabilities(images, metadata=metadata)
     return [p >= THRESHOLD for p in probs] if self.task == "segmentation" else probs
 
-  def predict(self, image: np.ndarray) -> np.ndarray:
-    return self.predict_batch([image])[0]
+  def predict(self, image: np.ndarray, metadata: Mapping[str, Any] | None = None) -> np.ndarray:
+    return self.predict_batch([image], None if metadata is None else [metadata])[0]
 
   def _checked_image(self, image: np.ndarray, name: str) -> np.ndarray:
     """``image`` as an array; ValueError unless it is uint8 RGB with pixels, a warning when it is
@@ -288,8 +325,8 @@ def load_run(workdir: str | Path, *, params: str | None = None, use_ema: bool | 
     predict = step_lib.make_predict_step(r.model, r.cfg, use_ema=r.use_ema)
     temperature = (stored_temperature(r.workdir, params=r.params, ema=r.use_ema,
                                       tta=r.cfg.eval.tta, step=r.step) if calibrated else 1.0)
-    forward = lambda s, x, predict=predict, task=r.info.task, t=temperature: probabilities_of(
-        predict(s, x) / t, task)
+    forward = lambda s, x, *m, predict=predict, task=r.info.task, t=temperature: (
+        probabilities_of(predict(s, x, *m) / t, task))
     members.append(Member(r.workdir, r.cfg, setup.eval_data_config(r.cfg), r.step, r.model,
                           r.state, forward, temperature))
   return Run(Path(workdir).resolve(), restored[0].info, members, params=restored[0].params,

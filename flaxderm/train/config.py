@@ -28,9 +28,11 @@ PARALLEL_MODES = ("auto", "pmap")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 FINAL_PARAMS = ("last", "best")
 TTA_MODES = ("none", "hflip", "flips")
+METADATA_FUSIONS = ("concat", "metablock")  # flaxderm.models.fusion.FUSIONS (jax-free here)
 WORST_GROUP = "worst_group:"  # eval.select_by = "worst_group:FIELD"
 # Option groups whose keys are not fixed by this schema (validated by their consumers).
-OPEN_GROUPS = ("model.kwargs", "loss.kwargs", "data.builder_kwargs", "eval_data")
+OPEN_GROUPS = ("model.kwargs", "loss.kwargs", "data.builder_kwargs", "data.metadata_vocabulary",
+               "eval_data")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,6 +49,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 0
   c.model.kwargs = ml_collections.ConfigDict()
   c.model.pretrained = ""
+  # With data.metadata: how a classifier takes the metadata beside the image
+  # (flaxderm.models.fusion.FUSIONS): "concat" (an MLP's output joined to the pooled features) or
+  # "metablock" (the metadata gates the last feature maps).
+  c.model.metadata_fusion = "concat"
 
   c.data = data_config_lib.default_data_config()
   # Overrides of `data` for the validation set, e.g. another dataset (paper 004 trains on ISIC
@@ -225,6 +231,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   _one_of("final_params", cfg.final_params, FINAL_PARAMS)
   _one_of("eval.best_mode", cfg.eval.best_mode, ("max", "min"))
   _one_of("eval.tta", cfg.eval.tta, TTA_MODES)
+  _one_of("model.metadata_fusion", cfg.model.metadata_fusion, METADATA_FUSIONS)
   selection_field(cfg)
   if cfg.final_params == "best" and not has_validation(cfg):
     raise ValueError("config.final_params='best' needs validation data, but data.split='all' "

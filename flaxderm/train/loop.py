@@ -162,6 +162,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, *, is_main: bool, resu
   par.check_batch_size(cfg.batch_size, "batch_size")
   par.check_batch_size(cfg.eval.batch_size, "eval.batch_size")
   info = setup.run_info(cfg)
+  cfg = setup.with_metadata_vocabulary(cfg)
   model = setup.make_model(cfg, info)
   variables, labels, weights_normalization = setup.init_variables(model, cfg)
   cfg = setup.with_input_normalization(cfg, weights_normalization)

@@ -24,7 +24,8 @@ from flaxderm import losses
 from flaxderm.data import pipeline
 from flaxderm.data import sources
 from flaxderm.data import splits
-from flaxderm.models import create_model, pretrained
+from flaxderm.data import metadata as metadata_lib
+from flaxderm.models import create_model, fusion, pretrained
 from flaxderm.train import config as config_lib
 from flaxderm.train.step import Task
 
@@ -132,17 +133,59 @@ def make_task(cfg: ml_collections.ConfigDict, info: RunInfo, *,
 def make_model(cfg: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:
   """``cfg.model`` with ``info``'s outputs. A model whose parameters depend on its input size
   (``img_size``: a ViT's position embedding, a Swin's bias tables) is built for
-  ``data.image_size`` unless ``model.kwargs`` names its own."""
+  ``data.image_size`` unless ``model.kwargs`` names its own. With ``data.metadata`` the model is
+  a ``MetadataFusion`` of ``model.metadata_fusion`` around it (built without its head)."""
   kwargs = dict(cfg.model.kwargs)
   if cfg.compute_dtype != "float32":
     kwargs["dtype"] = jnp.dtype(cfg.compute_dtype)
+  fused = bool(cfg.data.metadata)
+  if fused and info.task != "classification":
+    raise ValueError(f"config.data.metadata: metadata inputs are for classification; this run "
+                     f"is {info.task}")
+  outputs = 0 if fused else info.output_channels
   try:
-    model = create_model(cfg.model.name, num_classes=info.output_channels, **kwargs)
+    model = create_model(cfg.model.name, num_classes=outputs, **kwargs)
     if "img_size" not in kwargs and hasattr(model, "img_size"):
       model = model.clone(img_size=cfg.data.image_size)
-    return model
   except ValueError as e:
     raise ValueError(f"config.model: {e}") from None
+  if not fused:
+    return model
+  if cfg.model.metadata_fusion == "metablock" and hasattr(model, "features_include_head"):
+    # MetaBlock gates the maps the classifier pools: an EfficientNet's after its 1x1 head conv
+    # (whose pretrained weights then load too), not its last block's
+    model = model.clone(features_include_head=True)
+  return fusion.MetadataFusion(backbone=model, num_classes=info.output_channels,
+                               fusion=cfg.model.metadata_fusion, dtype=kwargs.get("dtype"))
+
+
+def uses_metadata(model: nn.Module) -> bool:
+  """Whether ``model`` takes a metadata vector beside the images."""
+  return isinstance(model, fusion.MetadataFusion)
+
+
+def dummy_inputs(model: nn.Module, cfg: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
+  """One zero example of what ``model`` takes: the image, and the metadata when it uses it."""
+  size = cfg.data.image_size
+  image = jnp.zeros((1, size, size, 3), jnp.float32)
+  if not uses_metadata(model):
+    return (image,)
+  return image, jnp.zeros((1, metadata_lib.encoder_of(cfg.data).width), jnp.float32)
+
+
+def with_metadata_vocabulary(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``cfg`` whose data (and validation data) carry the metadata vocabulary of its
+  training split (``data.metadata``), which the run records in config.json; ``cfg`` itself when
+  there is no metadata or the vocabulary is given."""
+  if not cfg.data.metadata or cfg.data.metadata_vocabulary:
+    return cfg
+  vocabulary = pipeline.metadata_vocabulary(cfg.data)
+  log.info("metadata vocabulary from %s: %s", cfg.data.train_split, vocabulary)
+  resolved = ml_collections.ConfigDict(cfg.to_dict())
+  resolved.data.metadata_vocabulary = vocabulary
+  if resolved.eval_data:
+    resolved.eval_data.metadata_vocabulary = vocabulary
+  return resolved
 
 
 def init_variables(model: nn.Module, cfg: ml_collections.ConfigDict
@@ -150,22 +193,41 @@ def init_variables(model: nn.Module, cfg: ml_collections.ConfigDict
   """(initial variables, encoder/decoder labels of the params or None, the data normalisation the
   weights expect): fresh (no normalisation of their own: {}), or from ``model.pretrained``
   (``with_input_normalization`` puts its normalisation into the run's config)."""
-  size = cfg.data.image_size
   if cfg.model.pretrained:
+    fused = uses_metadata(model)
     variables, weights_info = pretrained.load_pretrained(
-        model, cfg.model.pretrained, arch=cfg.model.name, rng=jax.random.key(cfg.seed),
-        input_size=size)
+        model.backbone if fused else model, cfg.model.pretrained, arch=cfg.model.name,
+        rng=jax.random.key(cfg.seed), input_size=cfg.data.image_size)
     updates = weights_info.data_config_updates()
     log.info("pretrained %s: data normalisation %s", weights_info.source, updates)
-    labels = pretrained.param_labels(variables["params"], model, arch=cfg.model.name)
-    return dict(variables), labels, updates
-  dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+    if not fused:
+      labels = pretrained.param_labels(variables["params"], model, arch=cfg.model.name)
+      return dict(variables), labels, updates
+    fresh = _fresh_variables(model, cfg)
+    backbone = fusion.BACKBONE
+    fresh = {collection: {**tree, backbone: _overlay(tree[backbone], variables[collection])}
+             if backbone in tree else tree for collection, tree in fresh.items()}
+    labels = {name: (pretrained.param_labels(tree, model.backbone, arch=cfg.model.name)
+                     if name == backbone else jax.tree.map(lambda _: pretrained.DECODER, tree))
+              for name, tree in fresh["params"].items()}
+    return fresh, labels, updates
+  return _fresh_variables(model, cfg), None, {}
+
+
+def _fresh_variables(model: nn.Module, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   # Initial values are drawn with the "rbg" generator: XLA:CPU compiles a model's initialiser
   # about 5-10x faster with it than with threefry (seconds per run), and any seeded draw will do.
   rngs = {"params": jax.random.key(cfg.seed, impl="rbg"),
           "dropout": jax.random.key(cfg.seed + 1, impl="rbg")}
-  variables = jax.jit(lambda: model.init(rngs, dummy, train=False))()
-  return dict(variables), None, {}
+  dummy = dummy_inputs(model, cfg)
+  return dict(jax.jit(lambda: model.init(rngs, *dummy, train=False))())
+
+
+def _overlay(fresh: Mapping[str, Any], loaded: Mapping[str, Any]) -> dict[str, Any]:
+  """``fresh`` with the leaves ``loaded`` holds at the same paths: the pretrained backbone
+  weights the fused model uses (the MetaBlock path skips what follows the last feature map)."""
+  return {key: (_overlay(value, loaded[key]) if isinstance(value, Mapping) else loaded[key])
+          if key in loaded else value for key, value in fresh.items()}
 
 
 def with_input_normalization(cfg: ml_collections.ConfigDict,

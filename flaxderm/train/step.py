@@ -76,6 +76,12 @@ class Task:
     return "dice/per_image" if self.kind == "segmentation" else "accuracy"
 
 
+def metadata_of(batch: Batch) -> tuple[jax.Array, ...]:
+  """The model's inputs after the images: ``(batch["metadata"],)`` when the batch carries the
+  clinical metadata (``data.metadata``), else ``()``."""
+  return (batch["metadata"],) if "metadata" in batch else ()
+
+
 def main_output(outputs: Any) -> jax.Array:
   """The task logits: models with an auxiliary head return ``(mask_logits, class_logits)``."""
   return outputs[0] if isinstance(outputs, tuple) else outputs
@@ -97,8 +103,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task: Ta
 
     def loss_fn(params):
       variables = {"params": params, "batch_stats": state.batch_stats}
-      outputs, updated = model.apply(variables, images, train=True, mutable=["batch_stats"],
-                                     rngs={"dropout": key})
+      outputs, updated = model.apply(variables, images, *metadata_of(batch), train=True,
+                                     mutable=["batch_stats"], rngs={"dropout": key})
       return task.loss(main_output(outputs), batch), updated.get("batch_stats", {})
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -131,7 +137,7 @@ def make_eval_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict,
   inference = make_predict_step(model, cfg, use_ema=use_ema)
 
   def eval_step(state: TrainState, batch: Batch):
-    return task.stats(inference(state, batch["image"]), batch)
+    return task.stats(inference(state, batch["image"], *metadata_of(batch)), batch)
 
   return eval_step
 
@@ -144,20 +150,26 @@ def make_case_step(model: nn.Module, task: Task, cfg: ml_collections.ConfigDict,
 
   ``members > 0`` scores an ensemble (the folds of a cross-validation run): ``state`` is then a
   tuple of that many states of ``model``, whose probabilities are averaged; ``batch["image"]`` is
-  shared, or (N, members, H, W, C) when each member prepares its input differently."""
+  shared, or (N, members, H, W, C) when each member prepares its input differently (and
+  ``batch["metadata"]`` (N, members, D) when each encodes it with its own vocabulary)."""
   inference = make_predict_step(model, cfg, use_ema=use_ema)
   if members:
     single = inference
 
-    def inference(states, images):
+    def inference(states, images, *metadata):
       if len(states) != members:
         raise ValueError(f"the ensemble has {members} members, got {len(states)} states")
       own = images.ndim == 5
+
+      def member_input(x, m):
+        return x[:, m] if own else x
+
       return mean_probabilities_as_logits(jnp.stack(
-          [single(s, images[:, m] if own else images) for m, s in enumerate(states)]))
+          [single(s, member_input(images, m), *(member_input(x, m) for x in metadata))
+           for m, s in enumerate(states)]))
 
   def case_step(state, batch: Batch):
-    logits = inference(state, batch["image"])
+    logits = inference(state, batch["image"], *metadata_of(batch))
     one = {k: batch[k] for k in (task.label_key, "valid")}
     per_case = jax.vmap(lambda lg, ex: task.stats(lg[None], jax.tree.map(lambda v: v[None], ex)))
     out = {"stats": per_case(logits, one)}
@@ -178,19 +190,21 @@ def mean_probabilities_as_logits(logits: jax.Array) -> jax.Array:
 
 
 def make_predict_step(model: nn.Module, cfg: ml_collections.ConfigDict, *, use_ema: bool
-                      ) -> Callable[[TrainState, jax.Array], jax.Array]:
-  """``predict(state, images) -> logits`` in float32, with the test-time augmentation of
-  ``cfg.eval.tta`` (see ``TTA_FLIPS``): the class probabilities of every flipped view, mapped back
-  onto the image for segmentation, are averaged and returned as logits of that average."""
+                      ) -> Callable[..., jax.Array]:
+  """``predict(state, images[, metadata]) -> logits`` in float32 (``metadata`` (N, D) for a model
+  that takes it), with the test-time augmentation of ``cfg.eval.tta`` (see ``TTA_FLIPS``; the
+  metadata is the same for every view): the class probabilities of every flipped view, mapped
+  back onto the image for segmentation, are averaged and returned as logits of that average."""
   dtype = jnp.dtype(cfg.compute_dtype)
   flips = TTA_FLIPS[cfg.eval.tta]
 
-  def predict(state: TrainState, images: jax.Array):
+  def predict(state: TrainState, images: jax.Array, *metadata: jax.Array):
     variables = state.variables(use_ema=use_ema)
     images = images.astype(dtype)
     views = []
     for axes in flips:
-      logits = main_output(model.apply(variables, jnp.flip(images, axes), train=False))
+      logits = main_output(model.apply(variables, jnp.flip(images, axes), *metadata,
+                                       train=False))
       views.append(jnp.flip(logits, axes) if logits.ndim == 4 else logits)
     if len(views) == 1:
       return views[0].astype(jnp.float32)

@@ -91,6 +91,10 @@ def test_synthetic_features_and_splits(tmp_path):
     assert r["mask"].sum() > 0 and text(r["group"]) == text(r["id"])
   assert [text(r["id"]) for r in rows] == [f"synthetic_train_{i:06d}" for i in range(12)]
   assert [int(r["label"]) for r in rows] == [i % 3 for i in range(12)]
+  assert {text(r["sex"]) for r in rows} <= {"male", "female", ""}
+  assert {text(r["site"]) for r in rows} <= {*synthetic.SITES, ""}
+  ages = np.asarray([r["age"] for r in rows])
+  assert np.all(np.isnan(ages) | ((ages % 5 == 0) & (ages >= 5) & (ages <= 90)))
   assert report(builder)["num_skipped"] == 0
 
 

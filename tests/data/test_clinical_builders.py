@@ -425,3 +425,42 @@ def test_real_isic2018_task3_clinical_fields(tmp_path, shared_data):
   assert sum(math.isnan(r["age"]) for r in rows) == 207
   assert [sum(text(r[n]) == "" for r in rows) for n in ("sex", "site")] == [215, 244]
   assert {text(r["dx_type"]) for r in rows} == {"histo", "consensus", "confocal", "follow_up"}
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
+def test_pad_ufes20_metadata_batches_and_a_tiny_training(tmp_path, monkeypatch):
+  """Pacheco & Krohling's fields of the fake release become batches' ``metadata`` (the
+  questionnaire left empty by half the patients: missing flags and unknown slots), a classifier
+  trains on them, and ``biopsed`` is refused as an input."""
+  from flaxderm.data import config as data_config  # pylint: disable=g-import-not-at-top
+  from flaxderm.data import metadata  # pylint: disable=g-import-not-at-top
+  from flaxderm.data import pipeline  # pylint: disable=g-import-not-at-top
+  from flaxderm.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from flaxderm.train import loop  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setenv("FLAXDERM_DATA_DIR", str(tmp_path / "tfds"))
+  cfg = config_lib.default_config()
+  cfg.data.update({"name": "pad_ufes20", "manual_dir": str(write_pad(tmp_path / "manual")),
+                   "split": "kfold", "num_folds": 2, "image_size": 32,
+                   "metadata": ("age", "sex", "smoke", "diameter_1", "itch")})
+  resolved = pipeline.with_metadata_vocabulary(cfg.data)
+  encoder = metadata.encoder_of(resolved)
+  assert encoder.names == ("age", "age:missing", "sex=female", "sex:unknown", "smoke=false",
+                           "smoke:unknown", "diameter_1", "diameter_1:missing", "itch:unknown")
+  batch = next(pipeline.make_eval_iterator(resolved, global_batch_size=8))
+  valid = batch["valid"] > 0
+  rows = batch["metadata"][valid]
+  assert rows.shape[1] == encoder.width and np.all(rows[:, -1] == 1)  # itch is always UNK
+  assert set(rows[:, encoder.names.index("sex:unknown")]) == {0.0, 1.0}
+  cfg.data.metadata_vocabulary = resolved.metadata_vocabulary
+  cfg.model.name, cfg.model.kwargs = "resnet18", {"depths": (1, 1, 1, 1)}
+  cfg.model.metadata_fusion = "metablock"
+  cfg.loss.name = "cross_entropy"
+  cfg.update({"batch_size": 2, "num_epochs": 0, "num_steps": 2, "progress_bar": False,
+              "visualize_images": 0})
+  cfg.eval.every_steps, cfg.eval.batch_size = 2, 4
+  results = loop.train(cfg, tmp_path / "run")
+  assert results["step"] == 2 and math.isfinite(results["validation"]["accuracy"])
+  cfg.data.metadata = ("age", "biopsed")
+  with pytest.raises(ValueError, match="'biopsed' must never be a model input"):
+    data_config.validate_data_config(cfg.data)

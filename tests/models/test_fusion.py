@@ -1,0 +1,88 @@
+"""``MetadataFusion``: both fusion heads on a few classifier families (logit shapes, gradients
+reaching the metadata parameters), and MetaBlock's gating against its formula."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxderm.models import create_model
+from flaxderm.models.fusion import MetadataFusion
+
+FAMILIES = [("resnet18", {"depths": (1, 1, 1, 1)}),
+            ("densenet121", {"depths": (1, 2, 2, 1), "growth_rate": 8})]
+
+
+def _init(model, x, m):
+  return jax.jit(model.init, static_argnames="train")({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, m,
+                    train=False)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "metablock"])
+@pytest.mark.parametrize("name, options", FAMILIES)
+def test_fusion_heads_train_their_metadata_parameters(name, options, fusion):
+  backbone = create_model(name, num_classes=0, **options)
+  model = MetadataFusion(backbone=backbone, num_classes=3, fusion=fusion, hidden=8)
+  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  m = jax.random.normal(jax.random.key(3), (2, 5))
+  variables = _init(model, x, m)
+  assert set(variables["params"]) >= {"backbone", "head"}
+
+  def loss(params):
+    out, _ = model.apply({**variables, "params": params}, x, m, train=True,
+                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(4)})
+    return jnp.sum(out ** 2), out
+
+  grads, logits = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+  assert logits.shape == (2, 3)
+  metadata_grads = {k: v for k, v in grads.items() if k.startswith(("metadata", "metablock"))}
+  assert metadata_grads
+  assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(metadata_grads))
+  # the metadata changes the prediction
+  infer = jax.jit(lambda metadata: model.apply(variables, x, metadata, train=False))
+  assert not np.allclose(infer(m), infer(m + 1.0))
+
+
+def test_metablock_gates_the_coarsest_map():
+  backbone = create_model("resnet18", num_classes=0, depths=(1, 1, 1, 1))
+  model = MetadataFusion(backbone=backbone, num_classes=2, fusion="metablock")
+  x = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
+  m = jax.random.normal(jax.random.key(3), (2, 4))
+  variables = _init(model, x, m)
+  p = variables["params"]
+  maps = backbone.apply({"params": p["backbone"], "batch_stats": variables["batch_stats"]
+                         ["backbone"]}, x, features_only=True)[-1]
+
+  def dense_norm(name):  # running mean 0, variance 1 at init
+    y = m @ p[f"{name}_dense"]["kernel"] + p[f"{name}_dense"]["bias"]
+    return (y / np.sqrt(1 + 1e-5) * p[f"{name}_norm"]["scale"] + p[f"{name}_norm"]["bias"])
+
+  f, g = dense_norm("metablock_f"), dense_norm("metablock_g")
+  gated = jax.nn.sigmoid(jnp.tanh(maps * f[:, None, None]) + g[:, None, None])
+  expected = gated.mean((1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
+  np.testing.assert_allclose(model.apply(variables, x, m), expected, atol=1e-5)
+
+
+def test_backbone_with_a_head_and_bad_metadata_are_errors():
+  x = jnp.zeros((2, 32, 32, 3))
+  with pytest.raises(ValueError, match="num_classes=0"):
+    _init(MetadataFusion(backbone=create_model("resnet18", num_classes=4), num_classes=2),
+          x, jnp.zeros((2, 3)))
+  with pytest.raises(ValueError, match=r"metadata must be \(N, D\) with N = 2"):
+    _init(MetadataFusion(backbone=create_model("resnet18", num_classes=0), num_classes=2),
+          x, jnp.zeros((3,)))
+  with pytest.raises(ValueError, match="'sum' is not one of"):
+    _init(MetadataFusion(backbone=create_model("resnet18", num_classes=0), num_classes=2,
+                         fusion="sum"), x, jnp.zeros((2, 3)))
+
+
+def test_the_config_names_the_same_fusions():
+  from flaxderm.models import fusion  # pylint: disable=g-import-not-at-top
+  from flaxderm.train import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  assert config_lib.METADATA_FUSIONS == fusion.FUSIONS
+  cfg = config_lib.default_config()
+  cfg.model.metadata_fusion = "gate"
+  with pytest.raises(ValueError, match="config.model.metadata_fusion: 'gate' is not one of"):
+    config_lib.validate_config(cfg)

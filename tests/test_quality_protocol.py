@@ -198,8 +198,7 @@ def test_isic_t3_subset_keeps_the_ground_truth_order_and_links_the_images(tmp_pa
 
 
 def test_ph2_subset_keeps_the_chosen_cases_files_and_spreadsheet_rows(tmp_path):
-  sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-  from test_builders import write_ph2  # pylint: disable=g-import-not-at-top
+  from fakes import write_ph2  # pylint: disable=g-import-not-at-top
   from flaxderm.data.builders import ph2  # pylint: disable=g-import-not-at-top
 
   cases = {"IMD002": "common_nevus", "IMD010": "atypical_nevus", "IMD021": "melanoma",

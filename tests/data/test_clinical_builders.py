@@ -12,8 +12,8 @@ import pytest
 from flaxderm.data import clinical
 from flaxderm.data import splits
 from flaxderm.data.builders import common
-from test_builders import (HAM_ROWS, prepare, records, report, text, write_csv, write_ham,
-                           write_image)
+from fakes import (HAM_ROWS, prepare, records, report, text, write_csv, write_ham,
+                   write_image)
 
 NUMBERS = [name for name, f in clinical.FIELDS.items() if f.kind == clinical.NUMBER]
 

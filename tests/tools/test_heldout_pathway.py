@@ -33,10 +33,9 @@ from flaxderm.train import setup
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS.parent / "benchmarks"))
-sys.path.insert(0, str(TESTS / "data"))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import quality
-from test_builders import write_csv, write_image, write_ph2
+from fakes import write_csv, write_image, write_ph2
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_data_dir")]

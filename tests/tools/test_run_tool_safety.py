@@ -152,7 +152,7 @@ def test_predict_refuses_to_write_into_a_folder_it_reads(segmentation_run, tmp_p
 
 def test_evaluating_on_the_training_folder_warns_and_earlier_evaluations_are_kept(tmp_path,
                                                                                    caplog):
-  from test_builders import write_ph2  # pylint: disable=g-import-not-at-top
+  from fakes import write_ph2  # pylint: disable=g-import-not-at-top
 
   train_cases = {f"IMD00{i}": "common_nevus" for i in range(1, 5)}
   train_dir = write_ph2(tmp_path / "train", train_cases, list(train_cases))

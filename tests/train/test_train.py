@@ -444,7 +444,7 @@ def test_class_weights_and_logit_adjustment_come_from_the_training_counts():
 
 
 def test_train_on_all_of_one_folder_and_score_another(tmp_path):
-  from test_builders import write_ph2  # pylint: disable=g-import-not-at-top
+  from fakes import write_ph2  # pylint: disable=g-import-not-at-top
 
   train_cases = {f"IMD00{i}": "common_nevus" for i in range(1, 5)}
   other_cases = {"IMD101": "melanoma", "IMD102": "atypical_nevus", "IMD103": "common_nevus"}

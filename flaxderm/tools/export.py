@@ -2,6 +2,7 @@
 
     python launch.py export --workdir RUN --format onnx|savedmodel|tflite --out PATH
         [--params last|best] [--ema | --no-ema] [--tta none|hflip|flips] [--batch-size N]
+        [--quantize float16|int8 [--calibration-images N]]   (tflite only)
 
 The graph maps a batch of prepared model inputs, float32 (N, S, S, 3) NHWC normalised as the card
 says, to probabilities: the lesion probability map (N, S, S) of a segmentation run, or the class
@@ -14,7 +15,13 @@ augmentation inside, the mean of the folds for a cross-validation run). Preparin
   ``image``); dynamic batch.
 * ``tflite``: the same TensorFlow function converted by the TFLite converter; dynamic batch where
   the converter can lower every layer with it, else the batch is fixed to ``--batch-size`` (the
-  card says which).
+  card says which). ``--quantize float16`` stores the weights as float16 (computed in float32 on
+  CPUs); ``--quantize int8`` is full-integer post-training quantization: int8 weights and
+  activations in every layer, the activation ranges calibrated on ``--calibration-images`` images
+  of the run's training split prepared as its evaluation prepares them. Input and output stay
+  float32 (the converter quantizes the input and dequantizes the output inside the graph), so a
+  quantized model is called exactly as the float one; the card records the quantization under
+  ``quantization``.
 
 Beside ``PATH``: ``PATH.card.md`` and ``PATH.card.json``, the model card (architecture, weights,
 training data, metrics, input size and normalisation, class names, intended use). A model that a
@@ -28,18 +35,23 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import jax
 from jax._src import source_info_util
+import numpy as np
 
 from flaxderm.tools import run as run_lib
+from flaxderm.data import pipeline
 from flaxderm.data import preprocess as preprocess_lib
 from flaxderm.train import checkpoint as checkpoint_lib
 
 FORMATS = ("onnx", "savedmodel", "tflite")
+QUANTIZATIONS = ("float16", "int8")
+# Enough to settle the activation ranges of int8 layers; more mostly costs conversion time.
+DEFAULT_CALIBRATION_IMAGES = 200
 INPUT_NAME = "image"
 # What marks a folder as a training run (flaxderm.train.loop writes them), never an export's.
 RUN_MARKERS = (run_lib.CONFIG, checkpoint_lib.LATEST)
@@ -97,14 +109,39 @@ def _unexpressible(fmt: str, name: str, error: BaseException, fn: Callable,
                      f"{message}")
 
 
+def check_quantization(fmt: str, quantize: str | None, calibration_images: int | None) -> None:
+  """ValueError naming the option unless ``quantize`` and ``calibration_images`` suit ``fmt``."""
+  if quantize is None:
+    if calibration_images is not None:
+      raise ValueError("--calibration-images applies to --quantize int8 only")
+    return
+  if quantize not in QUANTIZATIONS:
+    raise ValueError(f"--quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+  if fmt != "tflite":
+    raise ValueError(f"--quantize {quantize}: only --format tflite is quantized, got --format "
+                     f"{fmt}")
+  if calibration_images is not None and quantize != "int8":
+    raise ValueError(f"--calibration-images applies to --quantize int8 only, got --quantize "
+                     f"{quantize}")
+  if calibration_images is not None and calibration_images < 1:
+    raise ValueError(f"--calibration-images must be >= 1, got {calibration_images}")
+
+
 def export_function(fn: Callable[[jax.Array], jax.Array], image_size: int, fmt: str,
-                    path: Path, *, name: str, batch_size: int = 1) -> dict[str, Any]:
+                    path: Path, *, name: str, batch_size: int = 1, quantize: str | None = None,
+                    calibration: Callable[[], Iterable[np.ndarray]] | None = None
+                    ) -> dict[str, Any]:
   """Writes ``fn`` (float32 (N, S, S, 3) -> array) to ``path`` in ``fmt``; returns what the card
-  records about the graph (input shape, whether the batch is dynamic)."""
+  records about the graph (input shape, whether the batch is dynamic). ``quantize`` (tflite):
+  "float16" or "int8"; int8 needs ``calibration``, a function that yields prepared inputs
+  float32 (S, S, 3) one by one."""
   if fmt not in FORMATS:
     raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
   if batch_size < 1:
     raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+  check_quantization(fmt, quantize, None)
+  if quantize == "int8" and calibration is None:
+    raise ValueError("--quantize int8 needs calibration inputs")
   shape = (image_size, image_size, 3)
   try:
     if fmt == "onnx":
@@ -118,10 +155,11 @@ def export_function(fn: Callable[[jax.Array], jax.Array], image_size: int, fmt: 
       _save_tf(tf_function, path)
       return {"input": [None, *shape], "dynamic_batch": True}
     try:
-      path.write_bytes(_tflite(tf_function))
+      path.write_bytes(_tflite(tf_function, quantize, calibration, 1))
       return {"input": [None, *shape], "dynamic_batch": True}
     except Exception:  # pylint: disable=broad-except  (e.g. strided slices need a static batch)
-      path.write_bytes(_tflite(_tf_function(fn, shape, batch_size)))
+      path.write_bytes(_tflite(_tf_function(fn, shape, batch_size), quantize, calibration,
+                               batch_size))
       return {"input": [batch_size, *shape], "dynamic_batch": False}
   except ExportError:
     raise
@@ -147,12 +185,85 @@ def _save_tf(tf_function, path: Path) -> None:
   tf.saved_model.save(module, str(path), signatures={"serving_default": tf_function})
 
 
-def _tflite(tf_function) -> bytes:
+def _tflite(tf_function, quantize: str | None,
+            calibration: Callable[[], Iterable[np.ndarray]] | None, batch_size: int) -> bytes:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [tf_function.get_concrete_function()], tf_function)
+  _set_quantization(converter, quantize, calibration, batch_size)
   return converter.convert()
+
+
+def _set_quantization(converter, quantize: str | None,
+                      calibration: Callable[[], Iterable[np.ndarray]] | None,
+                      batch_size: int) -> None:
+  """Sets the TFLite converter's options for ``quantize``; int8 calibrates on ``calibration``'s
+  inputs, fed in batches of the graph's ``batch_size``."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  if quantize is None:
+    return
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantize == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+    return
+
+  def representative_dataset():
+    batch = []
+    for image in calibration():
+      batch.append(np.asarray(image, np.float32))
+      if len(batch) == batch_size:
+        yield [np.stack(batch)]
+        batch = []
+    if batch:  # a fixed-batch graph takes only full batches: the last one is padded by repeats
+      yield [np.stack(batch + batch[-1:] * (batch_size - len(batch)))]
+
+  converter.representative_dataset = representative_dataset
+  # Every operation int8 or the conversion fails (naming the layer): no silent float fallback.
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  converter.inference_input_type = tf.float32
+  converter.inference_output_type = tf.float32
+
+
+class CalibrationImages:
+  """The first ``count`` images of the run's training split (of its first fold), prepared as its
+  evaluation prepares them (no augmentation): what int8 calibration sees. Calling it starts a
+  fresh pass; ``used`` is how many the last pass yielded (fewer when the split is smaller)."""
+
+  def __init__(self, run: run_lib.Run, count: int):
+    self.data_cfg = run.members[0].data_cfg
+    self.batch_size = run.cfg.eval.batch_size
+    self.count = count
+    self.used = 0
+
+  def __call__(self) -> Iterable[np.ndarray]:
+    self.used = 0
+    batches = pipeline.make_eval_iterator(self.data_cfg, self.data_cfg.train_split,
+                                          global_batch_size=self.batch_size)
+    for batch in batches:
+      for image, valid in zip(batch["image"], batch["valid"]):
+        if self.used == self.count:
+          return
+        if valid:
+          self.used += 1
+          yield image
+
+
+def quantization_card(quantize: str | None, calibration: CalibrationImages | None
+                      ) -> dict[str, Any]:
+  """What the model card records about the quantization of an export."""
+  if quantize is None:
+    return {"mode": "none", "weights": "float32", "activations": "float32"}
+  card = {"mode": quantize, "weights": quantize, "input_output": "float32"}
+  if quantize == "float16":
+    return {**card, "activations": "float32 (float16 weights dequantized on load)"}
+  return {**card, "activations": "int8 in every layer (full-integer; the graph quantizes its "
+          "float32 input and dequantizes its output)",
+          "calibration": {"images": calibration.used, "requested": calibration.count,
+                          "split": calibration.data_cfg.train_split,
+                          "dataset": calibration.data_cfg.name,
+                          "preparation": "the run's evaluation preparation, no augmentation"}}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -217,6 +328,7 @@ def _card_markdown(card: dict[str, Any]) -> str:
       f"{card['input']['normalization']} mean {card['input']['mean']} std {card['input']['std']}"
       f" ({card['input']['scaling']}); preprocessing {card['input']['preprocess']}",
       f"- output: {card['output']}",
+      f"- quantization: {json.dumps(card.get('quantization'), sort_keys=True)}",
       f"- class names: {card['class_names']}", ""]
   return "\n".join(lines)
 
@@ -262,9 +374,13 @@ def _check_out(workdir: Path, fmt: str, out: Path, overwrite: bool) -> None:
 
 def export_run(workdir: str | Path, fmt: str, out: str | Path, *, params: str | None = None,
                use_ema: bool | None = None, tta: str | None = None, batch_size: int = 1,
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, quantize: str | None = None,
+               calibration_images: int | None = None) -> dict[str, Any]:
   """Exports the run to ``out`` with its model card; returns the card. ``overwrite`` replaces an
-  earlier export of the same format only (``_check_out``)."""
+  earlier export of the same format only (``_check_out``). ``quantize`` (tflite): "float16" or
+  "int8", the latter calibrated on ``calibration_images`` training images
+  (default ``DEFAULT_CALIBRATION_IMAGES``)."""
+  check_quantization(fmt, quantize, calibration_images)
   out = Path(out)
   card_json, card_md = card_paths(out)
   _check_out(Path(workdir).resolve(), fmt, out, overwrite)
@@ -273,17 +389,20 @@ def export_run(workdir: str | Path, fmt: str, out: str | Path, *, params: str | 
   if len(sizes) > 1:
     raise ValueError(f"the folds of {workdir} use different image sizes {sorted(sizes)}")
   fn = run.forward
+  calibration = (CalibrationImages(run, calibration_images or DEFAULT_CALIBRATION_IMAGES)
+                 if quantize == "int8" else None)
   out.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
     staged = Path(scratch) / out.name  # a failed export leaves no half-written file
     graph = export_function(fn, sizes.pop(), fmt, staged, name=run.cfg.model.name,
-                            batch_size=batch_size)
+                            batch_size=batch_size, quantize=quantize, calibration=calibration)
     if out.is_dir():
       shutil.rmtree(out)
     elif out.exists():
       out.unlink()
     staged.rename(out)
   card = model_card(run, fmt, graph)
+  card["quantization"] = quantization_card(quantize, calibration)
   card_json.write_text(json.dumps(card, indent=2, default=str) + "\n")
   card_md.write_text(_card_markdown(card))
   return card
@@ -296,10 +415,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch-size", type=int, default=1,
                       help="tflite: the batch when the converter needs a fixed one")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+  parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                      help="tflite: float16 weights, or full-integer int8 (default: float32)")
+  parser.add_argument("--calibration-images", type=int,
+                      help="--quantize int8: training images that calibrate the activation "
+                      f"ranges (default {DEFAULT_CALIBRATION_IMAGES})")
 
 
 def main(args: argparse.Namespace) -> None:
   card = export_run(args.workdir, args.format, args.out, params=args.params, use_ema=args.ema,
-                    tta=args.tta, batch_size=args.batch_size, overwrite=args.overwrite)
-  print(f"exported {card['architecture']['name']} ({card['format']}, input "
+                    tta=args.tta, batch_size=args.batch_size, overwrite=args.overwrite,
+                    quantize=args.quantize, calibration_images=args.calibration_images)
+  quantized = f", {args.quantize}" if args.quantize else ""
+  print(f"exported {card['architecture']['name']} ({card['format']}{quantized}, input "
         f"{card['input']['shape']}) to {args.out}; model card {args.out}.card.md", flush=True)

@@ -1,5 +1,6 @@
 """Export: ONNX (onnxruntime), SavedModel (TensorFlow) and TFLite (its interpreter) equal JAX's
-output on the same input; model cards; a model a format cannot express names its layer."""
+output on the same input, float16 and int8 TFLite stay close to it; model cards; a model a format
+cannot express names its layer; quantization options that do not fit are refused."""
 from __future__ import annotations
 
 import json
@@ -123,6 +124,52 @@ def test_exported_model_equals_jax(runs, tmp_path, key, fmt):
   assert "not a medical device" in text.lower() and MODELS[key][0] in text
   with pytest.raises(ValueError, match="--overwrite"):
     export_lib.export_run(runs[key], fmt, out)
+
+
+QUANTIZED = ("unet", "resnet")
+
+
+@pytest.mark.parametrize("quantize", export_lib.QUANTIZATIONS)
+@pytest.mark.parametrize("key", QUANTIZED)
+def test_quantized_tflite_stays_close_to_jax(runs, tmp_path, key, quantize):
+  out = tmp_path / f"model.{quantize}.tflite"
+  calibration = 5 if quantize == "int8" else None
+  card = export_lib.export_run(runs[key], "tflite", out, quantize=quantize,
+                               calibration_images=calibration)
+  run = run_lib.load_run(runs[key])
+  inputs = np.stack(list(export_lib.CalibrationImages(run, 8)()))  # in the range of real inputs
+  expected = _expected(runs[key], inputs)
+  got = _tflite(out, inputs, card)
+  assert got.dtype == np.float32 and got.shape == expected.shape
+  if quantize == "float16":
+    np.testing.assert_allclose(got, expected, atol=1e-2)
+  else:
+    assert np.abs(got - expected).mean() < 0.05
+    decided = got >= 0.5 if MODELS[key][2] == "segmentation" else got.argmax(-1)
+    agreeing = decided == (expected >= 0.5 if MODELS[key][2] == "segmentation"
+                           else expected.argmax(-1))
+    assert agreeing.mean() >= 0.75
+  saved = json.loads((tmp_path / f"model.{quantize}.tflite.card.json").read_text())
+  assert saved["quantization"]["mode"] == quantize and saved["quantization"]["weights"] == quantize
+  if quantize == "int8":
+    assert saved["quantization"]["calibration"]["images"] == 5
+    assert saved["quantization"]["calibration"]["split"] == "train"
+  assert f'"mode": "{quantize}"' in (tmp_path / f"model.{quantize}.tflite.card.md").read_text()
+
+
+@pytest.mark.parametrize("fmt, quantize, calibration, message", [
+    ("onnx", "int8", None, "--quantize int8: only --format tflite"),
+    ("savedmodel", "float16", None, "--quantize float16: only --format tflite"),
+    ("tflite", "int4", None, "--quantize must be one of"),
+    ("tflite", "float16", 10, "--calibration-images applies to --quantize int8 only"),
+    ("tflite", None, 10, "--calibration-images applies to --quantize int8 only"),
+    ("tflite", "int8", 0, "--calibration-images must be >= 1"),
+])
+def test_bad_quantization_options_are_refused(tmp_path, fmt, quantize, calibration, message):
+  with pytest.raises(ValueError, match=message):
+    export_lib.export_run(tmp_path / "run", fmt, tmp_path / "model", quantize=quantize,
+                          calibration_images=calibration)
+  assert not (tmp_path / "model").exists()
 
 
 class _SpectralHead(nn.Module):

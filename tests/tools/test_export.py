@@ -4,6 +4,7 @@ cannot express names its layer; quantization options that do not fit are refused
 from __future__ import annotations
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -133,9 +134,10 @@ QUANTIZED = ("unet", "resnet")
 @pytest.mark.parametrize("key", QUANTIZED)
 def test_quantized_tflite_stays_close_to_jax(runs, tmp_path, key, quantize):
   out = tmp_path / f"model.{quantize}.tflite"
-  calibration = 5 if quantize == "int8" else None
+  int8 = quantize == "int8"
+  float_layers = ["ResNet/conv1/"] if int8 and key == "resnet" else []  # the stem stays float
   card = export_lib.export_run(runs[key], "tflite", out, quantize=quantize,
-                               calibration_images=calibration)
+                               calibration_images=5 if int8 else None, float_layers=float_layers)
   run = run_lib.load_run(runs[key])
   inputs = np.stack(list(export_lib.CalibrationImages(run, 8)()))  # in the range of real inputs
   expected = _expected(runs[key], inputs)
@@ -151,24 +153,33 @@ def test_quantized_tflite_stays_close_to_jax(runs, tmp_path, key, quantize):
     assert agreeing.mean() >= 0.75
   saved = json.loads((tmp_path / f"model.{quantize}.tflite.card.json").read_text())
   assert saved["quantization"]["mode"] == quantize and saved["quantization"]["weights"] == quantize
-  if quantize == "int8":
+  if int8:
     assert saved["quantization"]["calibration"]["images"] == 5
     assert saved["quantization"]["calibration"]["split"] == "train"
+    kept = saved["quantization"]["float_tensors"]
+    assert "jit(forward)/log" in kept  # the logits of the test-time augmentation's mean
+    assert saved["quantization"]["float_layers"] == float_layers
+    in_network = [name for name in kept if re.search(r"jit\(forward\)/[^/;]+/", name)]
+    assert all("ResNet/conv1/" in name for name in in_network), in_network
+    assert bool(in_network) == bool(float_layers)
   assert f'"mode": "{quantize}"' in (tmp_path / f"model.{quantize}.tflite.card.md").read_text()
 
 
-@pytest.mark.parametrize("fmt, quantize, calibration, message", [
-    ("onnx", "int8", None, "--quantize int8: only --format tflite"),
-    ("savedmodel", "float16", None, "--quantize float16: only --format tflite"),
-    ("tflite", "int4", None, "--quantize must be one of"),
-    ("tflite", "float16", 10, "--calibration-images applies to --quantize int8 only"),
-    ("tflite", None, 10, "--calibration-images applies to --quantize int8 only"),
-    ("tflite", "int8", 0, "--calibration-images must be >= 1"),
+@pytest.mark.parametrize("fmt, quantize, calibration, float_layers, message", [
+    ("onnx", "int8", None, [], "--quantize int8: only --format tflite"),
+    ("savedmodel", "float16", None, [], "--quantize float16: only --format tflite"),
+    ("tflite", "int4", None, [], "--quantize must be one of"),
+    ("tflite", "float16", 10, [], "--calibration-images applies to --quantize int8 only"),
+    ("tflite", None, 10, [], "--calibration-images applies to --quantize int8 only"),
+    ("tflite", "int8", 0, [], "--calibration-images must be >= 1"),
+    ("tflite", "float16", None, ["stem"], "--float-layer applies to --quantize int8 only"),
+    ("tflite", "int8", None, ["("], "--float-layer '\\(' is not a regular expression"),
 ])
-def test_bad_quantization_options_are_refused(tmp_path, fmt, quantize, calibration, message):
+def test_bad_quantization_options_are_refused(tmp_path, fmt, quantize, calibration, float_layers,
+                                              message):
   with pytest.raises(ValueError, match=message):
     export_lib.export_run(tmp_path / "run", fmt, tmp_path / "model", quantize=quantize,
-                          calibration_images=calibration)
+                          calibration_images=calibration, float_layers=float_layers)
   assert not (tmp_path / "model").exists()
 
 

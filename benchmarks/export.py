@@ -10,7 +10,7 @@ is the run's own: per-image Dice of the lesion (PH2) or balanced accuracy (ISIC 
 table gives each format's difference from JAX in points, and how often its decisions (pixels at
 0.5, or the class) equal JAX's. Latency: one image per call of the TFLite interpreter on 1 thread,
 the median of ``--latency-calls`` calls after a warm-up, the whole graph (test-time augmentation
-included).
+included). Each ``--float-layer REGEX`` adds an int8 export that keeps the layers it matches float.
 
   python benchmarks/export.py                                 # appended to RESULTS.md
   python benchmarks/export.py --ph2-workdir RUN --isic-workdir RUN --no-append
@@ -21,6 +21,7 @@ import argparse
 import collections
 import datetime
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -148,9 +149,8 @@ def benchmark(name: str, workdir: Path, scratch: Path, args) -> list[str]:
   jax_decisions = _decisions(run, jax_probabilities)
   rows = [f"| {name} | JAX ({run.cfg.model.name}, float32) | | | {jax_score:.4f} | | | "
           f"{len(images)} validation cases, step {run.members[0].step} |"]
-  variants = list(FORMATS)
-  if args.float_layer:
-    variants.append((f"int8, float {' '.join(args.float_layer)}", "int8", args.float_layer))
+  variants = [*FORMATS, *((f"int8, float `{regex}`".replace("|", "\\|"), "int8", [regex])
+                          for regex in args.float_layer)]  # | escaped: a table cell
   for number, (label, quantize, float_layers) in enumerate(variants):
     out = scratch / f"{name}.{number}.tflite"
     started = time.perf_counter()
@@ -188,7 +188,8 @@ def main(argv=None):
   parser.add_argument("--calibration-images", type=int, default=200)
   parser.add_argument("--latency-calls", type=int, default=50)
   parser.add_argument("--float-layer", action="append", default=[], metavar="REGEX",
-                      help="also export int8 keeping these layers float (export --float-layer)")
+                      help="one more int8 export per REGEX, keeping the layers it matches "
+                      "float (export --float-layer)")
   parser.add_argument("--no-append", action="store_true")
   args = parser.parse_args(argv)
   given = {"ph2": args.ph2_workdir, "isic_t3": args.isic_workdir}
@@ -196,7 +197,7 @@ def main(argv=None):
   unknown = sorted(set(names) - set(EXPERIMENTS))
   if unknown:
     raise SystemExit(f"--experiments: unknown {unknown}; choose from {sorted(EXPERIMENTS)}")
-  command = "python " + " ".join([os.path.relpath(__file__, Path.cwd())] + sys.argv[1:])
+  command = "python " + shlex.join([os.path.relpath(__file__, Path.cwd())] + sys.argv[1:])
   rows, trained = [], []
   with tempfile.TemporaryDirectory(prefix="flaxderm-export-bench-") as scratch:
     for name in names:

@@ -315,8 +315,8 @@ def quantization_card(quantize: str | None, calibration: CalibrationImages | Non
   if quantize == "float16":
     return {**card, "activations": "float32 (float16 weights dequantized on load)"}
   return {**card, "activations": "int8 in every layer of the network (the graph quantizes its "
-          "float32 input); float32 outside it: the test-time augmentation's flips and mean of "
-          "probabilities, and the probabilities",
+          "float32 input) but float_layers; float32 after it: the mean of the test-time "
+          "augmentation's probabilities, the logits of that mean, the probabilities",
           "float_layers": list(float_layers), "float_tensors": graph["float_tensors"],
           "calibration": {"images": calibration.used, "requested": calibration.count,
                           "split": calibration.data_cfg.train_split,

@@ -219,3 +219,6 @@ def test_export_command(runs, tmp_path, capsys):
   assert cli.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
                    "--out", str(out)]) == 1
   assert "--overwrite" in capsys.readouterr().err
+  assert cli.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
+                   "--out", str(tmp_path / "int8.onnx"), "--quantize", "int8"]) == 1
+  assert "--quantize int8: only --format tflite" in capsys.readouterr().err

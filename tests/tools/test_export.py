@@ -1,8 +1,10 @@
 """Export: ONNX (onnxruntime), SavedModel (TensorFlow) and TFLite (its interpreter) equal JAX's
-output on the same input; model cards; a model a format cannot express names its layer."""
+output on the same input, float16 and int8 TFLite stay close to it; model cards; a model a format
+cannot express names its layer; quantization options that do not fit are refused."""
 from __future__ import annotations
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -125,6 +127,62 @@ def test_exported_model_equals_jax(runs, tmp_path, key, fmt):
     export_lib.export_run(runs[key], fmt, out)
 
 
+QUANTIZED = ("unet", "resnet")
+
+
+@pytest.mark.parametrize("quantize", export_lib.QUANTIZATIONS)
+@pytest.mark.parametrize("key", QUANTIZED)
+def test_quantized_tflite_stays_close_to_jax(runs, tmp_path, key, quantize):
+  out = tmp_path / f"model.{quantize}.tflite"
+  int8 = quantize == "int8"
+  float_layers = ["ResNet/conv1/"] if int8 and key == "resnet" else []  # the stem stays float
+  card = export_lib.export_run(runs[key], "tflite", out, quantize=quantize,
+                               calibration_images=5 if int8 else None, float_layers=float_layers)
+  run = run_lib.load_run(runs[key])
+  inputs = np.stack(list(export_lib.CalibrationImages(run, 8)()))  # in the range of real inputs
+  expected = _expected(runs[key], inputs)
+  got = _tflite(out, inputs, card)
+  assert got.dtype == np.float32 and got.shape == expected.shape
+  if quantize == "float16":
+    np.testing.assert_allclose(got, expected, atol=1e-2)
+  else:
+    assert np.abs(got - expected).mean() < 0.05
+    decided = got >= 0.5 if MODELS[key][2] == "segmentation" else got.argmax(-1)
+    agreeing = decided == (expected >= 0.5 if MODELS[key][2] == "segmentation"
+                           else expected.argmax(-1))
+    assert agreeing.mean() >= 0.75
+  saved = json.loads((tmp_path / f"model.{quantize}.tflite.card.json").read_text())
+  assert saved["quantization"]["mode"] == quantize and saved["quantization"]["weights"] == quantize
+  if int8:
+    assert saved["quantization"]["calibration"]["images"] == 5
+    assert saved["quantization"]["calibration"]["split"] == "train"
+    kept = saved["quantization"]["float_tensors"]
+    assert "jit(forward)/log" in kept  # the logits of the test-time augmentation's mean
+    assert saved["quantization"]["float_layers"] == float_layers
+    in_network = [name for name in kept if re.search(r"jit\(forward\)/[^/;]+/", name)]
+    assert all("ResNet/conv1/" in name for name in in_network), in_network
+    assert bool(in_network) == bool(float_layers)
+  assert f'"mode": "{quantize}"' in (tmp_path / f"model.{quantize}.tflite.card.md").read_text()
+
+
+@pytest.mark.parametrize("fmt, quantize, calibration, float_layers, message", [
+    ("onnx", "int8", None, [], "--quantize int8: only --format tflite"),
+    ("savedmodel", "float16", None, [], "--quantize float16: only --format tflite"),
+    ("tflite", "int4", None, [], "--quantize must be one of"),
+    ("tflite", "float16", 10, [], "--calibration-images applies to --quantize int8 only"),
+    ("tflite", None, 10, [], "--calibration-images applies to --quantize int8 only"),
+    ("tflite", "int8", 0, [], "--calibration-images must be >= 1"),
+    ("tflite", "float16", None, ["stem"], "--float-layer applies to --quantize int8 only"),
+    ("tflite", "int8", None, ["("], "--float-layer '\\(' is not a regular expression"),
+])
+def test_bad_quantization_options_are_refused(tmp_path, fmt, quantize, calibration, float_layers,
+                                              message):
+  with pytest.raises(ValueError, match=message):
+    export_lib.export_run(tmp_path / "run", fmt, tmp_path / "model", quantize=quantize,
+                          calibration_images=calibration, float_layers=float_layers)
+  assert not (tmp_path / "model").exists()
+
+
 class _SpectralHead(nn.Module):
   """A layer ONNX has no counterpart for in jax2onnx (an eigen-decomposition)."""
 
@@ -161,3 +219,6 @@ def test_export_command(runs, tmp_path, capsys):
   assert cli.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
                    "--out", str(out)]) == 1
   assert "--overwrite" in capsys.readouterr().err
+  assert cli.main(["export", "--workdir", str(runs["unet"]), "--format", "onnx",
+                   "--out", str(tmp_path / "int8.onnx"), "--quantize", "int8"]) == 1
+  assert "--quantize int8: only --format tflite" in capsys.readouterr().err

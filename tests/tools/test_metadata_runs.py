@@ -121,6 +121,21 @@ def _savedmodel(path, images, metadata):
               ).numpy()
 
 
+def _tflite(path, images, metadata):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  interpreter = tf.lite.Interpreter(model_path=str(path))
+  inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+  interpreter.allocate_tensors()
+  outputs = []
+  for image, row in zip(images, metadata):  # the graph's batch is fixed at 1
+    interpreter.set_tensor(inputs["image"], image[None])
+    interpreter.set_tensor(inputs["metadata"], row[None].astype(np.float32))
+    interpreter.invoke()
+    outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+  return np.stack(outputs)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt, read", [("onnx", _onnx), ("savedmodel", _savedmodel)])
 def test_export_takes_the_metadata_as_a_second_input(metadata_run, tmp_path, fmt, read):
@@ -167,3 +182,21 @@ def test_evaluate_and_calibrate_score_the_run_with_its_metadata(metadata_run):
   assert metrics["accuracy"] == pytest.approx(recorded["accuracy"])
   calibration.calibrate_run(metadata_run)  # validation logits with the metadata
   (metadata_run / run_lib.CALIBRATION).unlink()  # the other tests use the plain run
+
+
+@pytest.mark.slow
+def test_int8_tflite_export_is_calibrated_with_the_metadata(metadata_run, tmp_path):
+  from flaxderm.tools import export as export_lib  # pylint: disable=g-import-not-at-top
+
+  out = tmp_path / "fused.tflite"
+  card = export_lib.export_run(metadata_run, "tflite", out, quantize="int8", calibration_images=4)
+  assert card["quantization"]["calibration"]["images"] == 4
+  run = run_lib.load_run(metadata_run)
+  images = np.random.default_rng(0).normal(size=(3, 64, 64, 3)).astype(np.float32)
+  metadata = np.stack([metadata_lib.encoder_of(run.members[0].data_cfg).encode(v)
+                       for v in (*CASES.values(), {})])
+  expected = np.asarray(jax.jit(run.forward)(images, metadata))
+  got = _tflite(out, images, metadata)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got.sum(axis=-1), 1.0, atol=1e-3)
+  assert np.abs(got - expected).mean() < 0.1

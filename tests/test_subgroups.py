@@ -402,8 +402,8 @@ def test_select_by_is_validated():
 def test_select_by_a_field_the_records_lack(tmp_path, private_data_dir):
   del private_data_dir
   with pytest.raises(ValueError, match="records of synthetic_lesions carry no clinical field "
-                                       "'sex'; they carry \\[\\]"):
-    loop.train(tiny_config(**{"eval.select_by": "worst_group:sex"}), tmp_path / "run")
+                                       "'fitzpatrick'; they carry \\['age', 'sex', 'site'\\]"):
+    loop.train(tiny_config(**{"eval.select_by": "worst_group:fitzpatrick"}), tmp_path / "run")
 
 
 def test_segmentation_audit_of_a_per_case_table():

@@ -139,7 +139,7 @@ def test_quantized_tflite_stays_close_to_jax(runs, tmp_path, key, quantize):
   card = export_lib.export_run(runs[key], "tflite", out, quantize=quantize,
                                calibration_images=5 if int8 else None, float_layers=float_layers)
   run = run_lib.load_run(runs[key])
-  inputs = np.stack(list(export_lib.CalibrationImages(run, 8)()))  # in the range of real inputs
+  inputs = np.stack([image for image, in export_lib.CalibrationImages(run, 8)()])  # real range
   expected = _expected(runs[key], inputs)
   got = _tflite(out, inputs, card)
   assert got.dtype == np.float32 and got.shape == expected.shape

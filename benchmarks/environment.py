@@ -1,10 +1,14 @@
-"""What every benchmark records beside its table: the machine and the package versions."""
+"""What every benchmark records beside its table (the machine and the package versions), and
+where: ``record`` prints the section and appends it to benchmarks/RESULTS.md."""
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
 import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def cpu() -> str:
@@ -28,3 +32,12 @@ def versions(packages: tuple[str, ...]) -> str:
     except importlib.metadata.PackageNotFoundError:
       found.append(f"{name} absent")
   return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def record(section: str, append: bool = True) -> None:
+  """Prints ``section`` and, with ``append``, adds it to RESULTS.md after a blank line."""
+  print("\n" + section)
+  if append:
+    with RESULTS.open("a") as f:
+      f.write("\n" + section)
+    print(f"appended to {RESULTS}")

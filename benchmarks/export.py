@@ -33,7 +33,6 @@ import numpy as np
 import environment  # benchmarks/environment.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 DATA = ROOT.parent / "shared" / "data"
 PACKAGES = ("jax", "jaxlib", "flax", "tensorflow-cpu", "numpy")
 EXPERIMENTS = {  # name: (experiment, its data options, metric, what the metric is)
@@ -220,11 +219,7 @@ def main(argv=None):
       "after a warm-up, the whole exported graph (test-time augmentation included)", "",
       "| experiment | model | size (MiB) | latency (ms/image) | metric | Δ vs JAX (points) | "
       "agreement | notes |", "|---|---|---:|---:|---:|---:|---:|---|", *rows, ""]
-  text = "\n".join(lines)
-  print("\n" + text)
-  if not args.no_append:
-    with RESULTS.open("a") as fh:
-      fh.write("\n" + text)
+  environment.record("\n".join(lines), append=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -150,14 +150,7 @@ def main(argv=None):
       *table,
       "",
   ])
-  print()
-  print(section)
-  if not args.no_record:
-    results = REPO / "benchmarks" / "RESULTS.md"
-    prefix = "" if not results.exists() else "\n"
-    with results.open("a") as f:
-      f.write(prefix + section)
-    print(f"appended to {results}")
+  environment.record(section, append=not args.no_record)
   if temporary is not None:
     temporary.cleanup()
 

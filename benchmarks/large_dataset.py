@@ -365,12 +365,7 @@ def main(argv=None):
       "", f"- command: `{command}`", f"- machine: {machine}",
       f"- versions: {environment.versions(PACKAGES)}", *lines,
       "", f"Runtime of the whole run: {time.perf_counter() - started:.0f} s.", ""])
-  print("\n" + section)
-  if not args.no_record:
-    results = Path(__file__).resolve().parent / "RESULTS.md"
-    with results.open("a") as f:
-      f.write("\n" + section)
-    print(f"appended to {results}")
+  environment.record(section, append=not args.no_record)
   if temporary is not None:
     temporary.cleanup()
 

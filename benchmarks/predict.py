@@ -28,7 +28,6 @@ from PIL import Image
 import environment  # benchmarks/environment.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 PH2 = ROOT.parent / "shared" / "data" / "PH2Dataset"
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "opencv-python-headless")
 
@@ -85,11 +84,7 @@ def main(argv=None):
       f"{args.repeats} passes (each loads the run and compiles: counted)", "",
       "| batch | images/s (median) | min | max |", "|---:|---:|---:|---:|",
       *(f"| {b} | {m:.2f} | {lo:.2f} | {hi:.2f} |" for b, m, lo, hi in rows), ""]
-  text = "\n".join(lines)
-  print("\n" + text)
-  if not args.no_append:
-    with RESULTS.open("a") as fh:
-      fh.write("\n" + text)
+  environment.record("\n".join(lines), append=not args.no_append)
 
 
 if __name__ == "__main__":

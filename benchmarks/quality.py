@@ -64,7 +64,6 @@ import environment  # benchmarks/environment.py, beside this script
 import reference_fold  # benchmarks/reference_fold.py
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SHARED = ROOT.parent / "shared"
 PACKAGES = ("jax", "flax", "optax", "torch", "timm", "segmentation-models-pytorch")
 BOOTSTRAP_SAMPLES = 2000
@@ -554,7 +553,7 @@ def main(argv: list[str]) -> int:
                  "DIR/pair_<i>.json and read back the pairs DIR already holds for the same "
                  "settings instead of running them: a table longer than a session is built over "
                  "several calls of the same command (commit DIR, e.g. benchmarks/pairs/NAME)")
-  p.add_argument("--no-append", action="store_true", help=f"do not append to {RESULTS.name}")
+  p.add_argument("--no-append", action="store_true", help=f"do not append to {environment.RESULTS.name}")
   p.add_argument("--keep", metavar="DIR",
                  help="write the runs and logs here and keep them (default: a temporary folder); "
                  "e.g. to score a run again with `launch.py evaluate --tta none`")
@@ -624,10 +623,7 @@ def main(argv: list[str]) -> int:
           + table(comparison, rows, args.budget) + "\n")
   if folds:
     text += ("\n" + paired_table(comparison, rows, comparison.reference, args.label) + "\n")
-  print(text)
-  if not args.no_append:
-    with open(RESULTS, "a") as f:
-      f.write(text)
+  environment.record(text, append=not args.no_append)
   return 0
 
 

@@ -50,7 +50,6 @@ from flaxderm.train import parallel
 
 import environment  # benchmarks/environment.py, beside this script
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SEED = 0
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "timm",
             "segmentation-models-pytorch")
@@ -346,7 +345,7 @@ def parse_args(argv=None):
   p.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
   p.add_argument("--no-bf16", action="store_true",
                  help="CPU: skip the bfloat16-compute column (it compiles every step twice)")
-  p.add_argument("--no-append", action="store_true", help=f"do not append to {RESULTS.name}")
+  p.add_argument("--no-append", action="store_true", help=f"do not append to {environment.RESULTS.name}")
   p.add_argument("--matmul-n", type=int, default=2048, help="size of the ceiling matmul")
   p.add_argument("--xla-defaults", action="store_true",
                  help="compile with XLA's default options instead of flaxderm's "
@@ -492,12 +491,7 @@ def main(argv=None):
       f"{' (--xla-defaults)' if args.xla_defaults else ''}",
       *(f"- {n}" for n in notes),
       f"- runtime of the whole run: {runtime:.0f} s", "", *rows, ""]
-  text = "\n".join(lines)
-  print("\n" + text)
-  if not args.no_append:
-    with RESULTS.open("a") as fh:
-      fh.write("\n" + text)
-    print(f"appended to {RESULTS}")
+  environment.record("\n".join(lines), append=not args.no_append)
 
 
 if __name__ == "__main__":

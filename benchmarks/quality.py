@@ -553,8 +553,8 @@ def _pooled_bootstrap(runs: dict[str, list[dict]], reference: str, label: str, s
     samples.append(values[1] - values[0])
   point = {s: balanced_accuracy_score(*pooled[s]) for s in pooled}
   low, high = np.percentile(samples, [2.5, 97.5])
-  return (f"Pooled out-of-fold balanced accuracy: reference {point[reference]:.4f} "
-          f"({len(pooled[reference][0])} cases), flaxderm {point[label]:.4f} "
+  return (f"Pooled out-of-fold balanced accuracy: {reference} {point[reference]:.4f} "
+          f"({len(pooled[reference][0])} cases), {label} {point[label]:.4f} "
           f"({len(pooled[label][0])} cases); difference {point[label] - point[reference]:+.4f}, "
           f"bootstrap 95% CI {low:+.4f} to {high:+.4f} ({BOOTSTRAP_SAMPLES} "
           f"{'paired resamples of the same cases' if paired else 'unpaired resamples'}).")

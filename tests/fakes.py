@@ -103,3 +103,20 @@ def write_ham(root: Path, rows=HAM_ROWS, missing=()) -> Path:
       write_image(root / part / f"{image_id}.jpg", seed=i)
       write_mask(root / "HAM10000_segmentations_lesion_tschandl" / f"{image_id}_segmentation.png")
   return root
+
+
+# ISIC 2019: the one-hot columns of its ground truth, in the official order.
+ISIC2019_ONE_HOT = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
+
+
+def write_isic2019(root: Path, truth_rows, metadata_rows) -> Path:
+  """ISIC 2019's layout: ``truth_rows`` (image, diagnosis), ``metadata_rows`` (image, age_approx,
+  anatom_site_general, lesion_id, sex), an image per truth row."""
+  write_csv(root / "ISIC_2019_Training_GroundTruth.csv", ["image", *ISIC2019_ONE_HOT],
+            [(image, *[f"{float(c == dx):.1f}" for c in ISIC2019_ONE_HOT])
+             for image, dx in truth_rows])
+  write_csv(root / "ISIC_2019_Training_Metadata.csv",
+            ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"], metadata_rows)
+  for i, (image, _) in enumerate(truth_rows):
+    write_image(root / "ISIC_2019_Training_Input" / f"{image}.jpg", seed=i)
+  return root

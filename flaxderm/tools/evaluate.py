@@ -1,7 +1,7 @@
 """Scoring a trained run on a dataset split, as set metrics and as one row per case::
 
-    python launch.py evaluate --workdir RUN [--manual-dir DIR] [--params last|best]
-        [--ema | --no-ema] [--tta none|hflip|flips]
+    python launch.py evaluate --workdir RUN [--manual-dir DIR [--dataset NAME]
+        [--class-map FROM=TO,...]] [--params last|best] [--ema | --no-ema] [--tta none|hflip|flips]
         [--by sex,age,site,... [--age-bands 0,30,45,60,75] [--min-cases 10] [--samples 2000]
          [--seed 0]]
 
@@ -10,11 +10,17 @@ which loads the run's config and its final parameters (``config.final_params``,
 without its EMA or test-time augmentation is how those ingredients are ablated) and scores them on
 the run's validation set, or -- with ``--manual-dir`` -- on all of the dataset found in DIR (same
 layout as the official release), prepared into a temporary folder so no other prepared copy is
-read. It writes ``RUN/evaluation/cases.csv`` (per case: its scores, then its ``group`` -- the
-split's grouping unit, lesion or patient -- and the clinical fields its record carries,
-``flaxderm.data.clinical``, read from the records beside the scores, never given to the model)
-and ``RUN/evaluation/metrics.json``, and prints the metrics as one JSON line, last. Batches and
-per-case rows come from ``flaxderm.train.scoring``, the code the training loop validates with.
+read. ``--dataset NAME`` reads DIR with another builder than the run trained on (a PH2
+segmentation run scored on the ISIC 2017 pairs, ``isic2017_task1``; a HAM10000 run on ISIC 2019):
+the task must agree, and each class of that dataset is scored as the run's class of the same name
+(case-insensitive) or as ``--class-map`` says (``ak=akiec,scc=akiec,unk=``: FROM=TO, an empty TO
+leaves FROM's cases out, counted in a warning and in metrics.json); a class with neither is an
+error naming it. It writes ``RUN/evaluation/cases.csv`` (per case: its scores, then its
+``group`` -- the split's grouping unit, lesion or patient -- and the clinical fields its record
+carries, ``flaxderm.data.clinical``, read from the records beside the scores, never given to the
+model) and ``RUN/evaluation/metrics.json``, and prints the metrics as one JSON line, last.
+Batches and per-case rows come from ``flaxderm.train.scoring``, the code the training loop
+validates with.
 
 ``--by`` audits the scored cases by subgroup (``flaxderm.subgroups``; a CV run: its out-of-fold
 cases pooled): for each clinical field named and each of its groups (ages in ``--age-bands``), the
@@ -45,7 +51,7 @@ import logging
 import math
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +80,7 @@ EVALUATION_DIR = "evaluation"
 CASES, METRICS, CV_METRICS = "cases.csv", "metrics.json", "cv_metrics.json"
 SUBGROUPS = "subgroups.json"
 # What an evaluation scored, as its metrics file records it: another value is another evaluation.
-SCORING_KEYS = ("dataset", "split", "manual_dir", "params", "ema", "tta", "step")
+SCORING_KEYS = ("dataset", "split", "manual_dir", "class_map", "params", "ema", "tta", "step")
 
 
 def _auc(rows: list[dict[str, Any]], class_names: tuple[str, ...]) -> dict[str, float]:
@@ -113,6 +119,9 @@ def _scoring_name(identity: Mapping[str, Any]) -> str:
   if identity["manual_dir"]:  # the folder's name, and a digest telling same-named folders apart
     digest = hashlib.sha1(str(identity["manual_dir"]).encode()).hexdigest()[:6]
     where = [Path(identity["manual_dir"]).name, digest]
+  if identity.get("class_map"):
+    where.append("map-" + hashlib.sha1(json.dumps(identity["class_map"], sort_keys=True)
+                                       .encode()).hexdigest()[:6])
   steps = np.atleast_1d(identity["step"] if identity["step"] is not None else [])
   parts = [identity["dataset"], identity["split"], *where, identity["params"],
            f"ema-{identity['ema']}", f"tta-{identity['tta']}", "step-" + "-".join(map(str, steps))]
@@ -151,29 +160,95 @@ def _warn_of_training_cases(cfg: ml_collections.ConfigDict, rows: list[dict[str,
 
 
 # ------------------------------------------------------------------------------------------------
+# Scoring another dataset's labels as the run's classes.
+
+
+def parse_class_map(text: str) -> dict[str, str]:
+  """``--class-map "ak=akiec,scc=akiec,unk="`` as {FROM: TO} (TO "": leave FROM's cases out)."""
+  mapping = {}
+  for item in (part.strip() for part in text.split(",")):
+    source, equals, target = item.partition("=")
+    if not equals or not source.strip():
+      raise argparse.ArgumentTypeError(f"--class-map: {item!r} is not FROM=TO (an empty TO leaves "
+                                       "FROM's cases out)")
+    mapping[source.strip()] = target.strip()
+  return mapping
+
+
+def class_mapping(dataset: str, names: tuple[str, ...], run_classes: tuple[str, ...],
+                  class_map: Mapping[str, str] | None) -> np.ndarray:
+  """Per class of ``dataset`` (``names``), the index of the run's class its cases are scored as,
+  -1 to leave them out: ``class_map``'s entry, else the run's class of the same name (both
+  case-insensitive). ValueError naming a class that has neither, or a map entry that names no
+  class."""
+  class_map = {k.lower(): v.lower() for k, v in (class_map or {}).items()}
+  own = {n.lower(): i for i, n in enumerate(names)}
+  run = {c.lower(): i for i, c in enumerate(run_classes)}
+  stray = sorted(set(class_map) - set(own))
+  if stray:
+    raise ValueError(f"--class-map: {stray} {'is' if len(stray) == 1 else 'are'} not a class of "
+                     f"dataset {dataset!r} (its classes: {', '.join(names)})")
+  wrong = sorted(f"{k}={v}" for k, v in class_map.items() if v and v not in run)
+  if wrong:
+    raise ValueError(f"--class-map: {wrong} name no class of the run (its classes: "
+                     f"{', '.join(run_classes)})")
+  unmatched = [n for n in names if n.lower() not in class_map and n.lower() not in run]
+  if unmatched:
+    raise ValueError(
+        f"dataset {dataset!r}: classes {unmatched} are not among the run's classes "
+        f"({', '.join(run_classes)}); say what each is scored as with --class-map, e.g. "
+        f"--class-map {','.join(f'{n}=' for n in unmatched)} to leave their cases out")
+  mapping = np.array([run.get(class_map.get(n.lower(), n.lower()), -1) for n in names])
+  if (mapping < 0).all():
+    raise ValueError(f"--class-map leaves every class of dataset {dataset!r} out: nothing to score")
+  return mapping
+
+
+def _relabelled(batches: Iterable[Mapping[str, np.ndarray]], mapping: np.ndarray,
+                left_out: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+  """``batches`` with each ``label`` as the run's class (``class_mapping``); the cases of a class
+  mapped to none become padding (``valid`` 0), counted per class into ``left_out``."""
+  for batch in batches:
+    labels = np.asarray(batch["label"])
+    target = mapping[labels]
+    real = np.asarray(batch["valid"]) > 0
+    np.add.at(left_out, labels[real & (target < 0)], 1)
+    yield {**batch, "label": np.maximum(target, 0).astype(labels.dtype),
+           "valid": (real & (target >= 0)).astype(np.asarray(batch["valid"]).dtype)}
+
+
+# ------------------------------------------------------------------------------------------------
 # Scoring a run directory.
 
 
-def _scoring_data(cfg: ml_collections.ConfigDict, manual_dir: str | None, scratch: str | None
-                  ) -> tuple[ml_collections.ConfigDict, str]:
-  """(data config, split) to score on: the run's validation set, or all of ``manual_dir``'s
-  dataset prepared into ``scratch``."""
-  data_cfg = setup.eval_data_config(cfg)
+def _scoring_data(run: run_lib.Restored, manual_dir: str | None, scratch: str | None,
+                  dataset: str | None) -> tuple[ml_collections.ConfigDict, str, tuple[str, ...]]:
+  """(data config, split, the dataset's label names) to score on: the run's validation set, or
+  all of ``manual_dir``'s dataset (the run's, or the builder ``dataset``) prepared into
+  ``scratch``."""
+  data_cfg = setup.eval_data_config(run.cfg)
   if manual_dir is None:
-    if not config_lib.has_validation(cfg):
+    if not config_lib.has_validation(run.cfg):
       raise ValueError("this run trained on all of its data (data.split='all'): pass "
                        "--manual-dir DIR to score it on another dataset folder")
-    return data_cfg, data_cfg.eval_split
+    return data_cfg, data_cfg.eval_split, run.info.class_names
   if not Path(manual_dir).is_dir():
     raise ValueError(f"--manual-dir {manual_dir}: no such directory")
+  if dataset is not None and dataset != data_cfg.name:  # another builder: none of its options
+    data_cfg.update(name=dataset, builder_config=None, task=run.info.task)
+    data_cfg.builder_kwargs = ml_collections.ConfigDict()
   data_cfg.manual_dir = str(Path(manual_dir).resolve())
   data_cfg.data_dir = scratch
   data_cfg.split = "official"
-  setup.dataset_info(data_cfg)  # prepares it, or says how to get the files
-  return data_cfg, "+".join(sources.open_source(data_cfg).split_names())
+  try:
+    info = setup.dataset_info(data_cfg)  # prepares it, or says how to get the files
+  except ValueError as e:
+    raise ValueError(f"--manual-dir {manual_dir} as {data_cfg.name}: {e}") from e
+  return data_cfg, "+".join(sources.open_source(data_cfg).split_names()), info.label_names
 
 
 def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
+                 dataset: str | None = None, class_map: Mapping[str, str] | None = None,
                  params: str | None = None, use_ema: bool | None = None,
                  tta: str | None = None, batch_size: int | None = None) -> dict[str, float]:
   """Scores a training run's final parameters, or a cross-validation run's folds; see the module
@@ -182,9 +257,12 @@ def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
   Holds the run directories (``RunLock``) throughout: scoring a run that a live process is still
   training fails at once, naming that process, rather than after the scoring.
   """
+  if dataset is not None and manual_dir is None:
+    raise ValueError(f"--dataset {dataset}: give --manual-dir, the folder holding that dataset")
   workdir = Path(workdir).resolve()
   runs = run_lib.run_directories(workdir)
-  options = dict(params=params, use_ema=use_ema, tta=tta, batch_size=batch_size)
+  options = dict(dataset=dataset, class_map=class_map, params=params, use_ema=use_ema, tta=tta,
+                 batch_size=batch_size)
   if runs == [workdir]:
     return _score(runs, workdir / EVALUATION_DIR, manual_dir=manual_dir, **options)
   return _evaluate_cross_validation(workdir, runs, manual_dir=manual_dir, **options)
@@ -226,8 +304,9 @@ def read_cases(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
-def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str | None,
-           use_ema: bool | None, tta: str | None, batch_size: int | None) -> dict[str, float]:
+def _score(runs: list[Path], out: Path, *, manual_dir: str | None, dataset: str | None,
+           class_map: Mapping[str, str] | None, params: str | None, use_ema: bool | None,
+           tta: str | None, batch_size: int | None) -> dict[str, float]:
   """Scores one run, or the ensemble of ``runs`` (the folds of a CV run: the mean of their
   probabilities, each fold's input prepared as it was in training), and writes
   ``out/cases.csv`` and ``out/metrics.json``."""
@@ -249,11 +328,16 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
     case_step = par.compile_case_step(step_lib.make_case_step(
         first.model, task, cfg, use_ema=use_ema, members=len(runs) if ensemble else 0))
     with tempfile.TemporaryDirectory(prefix="flaxderm-eval-") as scratch:
-      scored = [_scoring_data(r.cfg, manual_dir, scratch if manual_dir else None)
+      scored = [_scoring_data(r, manual_dir, scratch if manual_dir else None, dataset)
                 for r in restored]
-      data_cfg, split = scored[0]
+      data_cfg, split, label_names = scored[0]
       batches = (scoring.eval_batches(data_cfg, split, batch_size) if not ensemble else
-                 _ensemble_batches([d for d, _ in scored], split, batch_size))
+                 _ensemble_batches([d for d, _, _ in scored], split, batch_size))
+      left_out = np.zeros(len(label_names), np.int64)
+      if task.kind == "classification":
+        mapping = class_mapping(data_cfg.name, label_names, task.class_names, class_map)
+        if not np.array_equal(mapping, np.arange(len(task.class_names))):
+          batches = _relabelled(batches, mapping, left_out)
       with jax.set_mesh(par.mesh):
         rows, stats = scoring.evaluate_cases(case_step, state, batches, par, task)
       fields = splits.split_fields(data_cfg, split)
@@ -263,15 +347,21 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
     metrics.update(_auc(rows, task.class_names))
   if manual_dir is not None and not ensemble:  # the folds of an ensemble were scored alone first
     _warn_of_training_cases(first.cfg, rows, manual_dir)
+  left_out = {name: int(n) for name, n in zip(label_names, left_out) if n}
+  if left_out:
+    log.warning("left out %d cases of %s whose class --class-map maps to none: %s",
+                sum(left_out.values()), data_cfg.name, left_out)
   if jax.process_index() == 0:
     identity = {"dataset": data_cfg.name, "split": split, "manual_dir": manual_dir,
-               "params": which, "ema": use_ema, "tta": cfg.eval.tta,
-               "step": first.step if not ensemble else [r.step for r in restored]}
+                "class_map": dict(class_map) if class_map else None,
+                "params": which, "ema": use_ema, "tta": cfg.eval.tta,
+                "step": first.step if not ensemble else [r.step for r in restored]}
     _keep_earlier(out, identity)
     write_cases(out / CASES, rows)
     (out / METRICS).write_text(json.dumps(
         {**identity, "runs": [str(r) for r in runs] if ensemble else None,
-         "metrics": json.loads(json_line(metrics))}, indent=2) + "\n")
+         "left_out": left_out or None, "metrics": json.loads(json_line(metrics))},
+        indent=2) + "\n")
   log.info("scored %s params of %s on %s/%s: %d cases", which,
            f"{len(runs)} folds" if ensemble else f"step {first.step}", data_cfg.name, split,
            len(rows))
@@ -401,6 +491,11 @@ def format_audit(result: Mapping[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   run_lib.add_run_arguments(parser)
   parser.add_argument("--manual-dir", help="score all of the dataset in this folder")
+  parser.add_argument("--dataset", help="read --manual-dir with this builder (default: the "
+                      "run's dataset), e.g. isic2017_task1 for a PH2 segmentation run")
+  parser.add_argument("--class-map", type=parse_class_map, metavar="FROM=TO,...",
+                      help="score the dataset's class FROM as the run's class TO (TO empty: "
+                      "leave its cases out), e.g. ak=akiec,scc=akiec,unk=")
   parser.add_argument("--calibrate", action="store_true", help="first fit the temperature on "
                       "the validation split into RUN/calibration.json (tools/calibration.py)")
   case_table.add_group_arguments(parser, by_help="audit by these clinical fields, separated by "
@@ -417,8 +512,9 @@ def main(args: argparse.Namespace) -> None:
     fitted = calibration.calibrate_run(args.workdir, params=args.params, use_ema=args.ema,
                                        tta=args.tta)
     print(calibration.format_results(fitted), flush=True)
-  metrics = evaluate_run(args.workdir, manual_dir=args.manual_dir, params=args.params,
-                         use_ema=args.ema, tta=args.tta)
+  metrics = evaluate_run(args.workdir, manual_dir=args.manual_dir, dataset=args.dataset,
+                         class_map=args.class_map, params=args.params, use_ema=args.ema,
+                         tta=args.tta)
   if fields:
     audited = audit_run(args.workdir, fields, age_bands=args.age_bands,
                         min_cases=args.min_cases, samples=args.samples, seed=args.seed)

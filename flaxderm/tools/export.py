@@ -59,8 +59,8 @@ FORMATS = ("onnx", "savedmodel", "tflite")
 QUANTIZATIONS = ("float16", "int8")
 # Enough to settle the activation ranges of int8 layers; more mostly costs conversion time.
 DEFAULT_CALIBRATION_IMAGES = 200
-INPUT_NAME = "image"
-INPUT_NAMES = (INPUT_NAME, "metadata")  # a run with clinical metadata takes the second too
+# The exported graph's inputs: the image, and a run with clinical metadata takes the second too.
+IMAGE_INPUT, METADATA_INPUT = "image", "metadata"
 # What marks a folder as a training run (flaxderm.train.loop writes them), never an export's.
 RUN_MARKERS = (run_lib.CONFIG, checkpoint_lib.LATEST)
 # What tf.saved_model.save writes into its folder: all that --overwrite may remove there.
@@ -206,7 +206,7 @@ def _tf_function(fn, shapes: list[tuple[int, ...]], batch_size: int | None):
                  [f"(n, {', '.join(map(str, shape))})" for shape in shapes])
   converted = jax2tf.convert(fn, polymorphic_shapes=polymorphic, with_gradient=False)
   specs = [tf.TensorSpec([batch_size, *shape], tf.float32, name=input_name)
-           for shape, input_name in zip(shapes, INPUT_NAMES)]
+           for shape, input_name in zip(shapes, (IMAGE_INPUT, METADATA_INPUT))]
   return tf.function(lambda *inputs: converted(*inputs), input_signature=specs, autograph=False)
 
 
@@ -372,7 +372,7 @@ def model_card(run: run_lib.Run, fmt: str, graph: dict[str, Any]) -> dict[str, A
                         "split": cfg.data.split, "train_split": cfg.data.train_split,
                         "fold": cfg.data.get("fold"), "num_folds": cfg.data.get("num_folds")},
       "metrics": {"validation": results.get("validation"), "evaluation": evaluation},
-      "input": {"name": INPUT_NAME, "shape": graph["input"], "dynamic_batch":
+      "input": {"name": IMAGE_INPUT, "shape": graph["input"], "dynamic_batch":
                 graph["dynamic_batch"], "layout": "NHWC float32 RGB",
                 "image_size": data.image_size, "resize": data.resize,
                 "crop_fraction": data.crop_fraction, "preprocess": data.preprocess.to_dict(),
@@ -396,7 +396,7 @@ def _metadata_card(data, graph: dict[str, Any]) -> dict[str, Any] | None:
   encoder = metadata_lib.encoder_of(data)
   if encoder is None:
     return None
-  return {"name": INPUT_NAMES[1], "shape": graph["metadata_input"], "fields": list(encoder.fields),
+  return {"name": METADATA_INPUT, "shape": graph["metadata_input"], "fields": list(encoder.fields),
           "vocabulary": encoder.vocabulary, "columns": list(encoder.names),
           "encoding": "numbers (x - mean) / std and a missing flag (value 0, flag 1 when "
                       "missing); categories one-hot with a last unknown slot (missing or unseen)"}

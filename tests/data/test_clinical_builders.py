@@ -13,7 +13,7 @@ from flaxderm.data import clinical
 from flaxderm.data import splits
 from flaxderm.data.builders import common
 from fakes import (HAM_ROWS, prepare, records, report, text, write_csv, write_ham,
-                   write_image)
+                   write_image, write_isic2019)
 
 NUMBERS = [name for name, f in clinical.FIELDS.items() if f.kind == clinical.NUMBER]
 
@@ -211,19 +211,6 @@ def test_patient_grouped_kfold_keeps_each_patient_on_one_side(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # ISIC 2019.
-
-ISIC2019_ONE_HOT = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
-
-
-def write_isic2019(root: Path, truth_rows, metadata_rows) -> Path:
-  write_csv(root / "ISIC_2019_Training_GroundTruth.csv", ["image", *ISIC2019_ONE_HOT],
-            [(image, *[f"{float(c == dx):.1f}" for c in ISIC2019_ONE_HOT])
-             for image, dx in truth_rows])
-  write_csv(root / "ISIC_2019_Training_Metadata.csv",
-            ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"], metadata_rows)
-  for i, (image, _) in enumerate(truth_rows):
-    write_image(root / "ISIC_2019_Training_Input" / f"{image}.jpg", seed=i)
-  return root
 
 
 def test_isic2019(tmp_path):

@@ -47,6 +47,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -649,13 +650,13 @@ def main(argv: list[str]) -> int:
       _show(rows[-1])
       if args.pairs:
         save_pair(Path(args.pairs), index, settings, rows[-2][2], rows[-1][2])
-  split = (f"{args.folds}-fold lesion-grouped CV" if args.folds else
-           f"{args.heldout_folds}-fold lesion-grouped held-out folders" if args.heldout_folds else
+  split = (f"{args.folds}-fold grouped CV" if args.folds else
+           f"{args.heldout_folds}-fold grouped held-out folders" if args.heldout_folds else
            "hashed split")
   text = (f"\n## quality: {args.comparison}, {split}, {args.budget:.0f} s budget "
           f"({datetime.date.today().isoformat()})\n\n"
           f"- machine: {environment.cpu()}; {environment.versions(PACKAGES)}\n"
-          f"- command: `python benchmarks/quality.py {' '.join(argv)}`\n"
+          f"- command: `python benchmarks/quality.py {shlex.join(argv)}`\n"
           f"- flaxderm: `python launch.py {comparison.experiment}` "
           + " ".join(f"--config.{o}" for o in (*comparison.overrides, *args.set,
                                                *(["data.split=all"] if heldout(args) else [])))

@@ -221,30 +221,31 @@ def _relabelled(batches: Iterable[Mapping[str, np.ndarray]], mapping: np.ndarray
 # Scoring a run directory.
 
 
-def _scoring_data(run: run_lib.Restored, manual_dir: str | None, scratch: str | None,
-                  dataset: str | None) -> tuple[ml_collections.ConfigDict, str, tuple[str, ...]]:
-  """(data config, split, the dataset's label names) to score on: the run's validation set, or
-  all of ``manual_dir``'s dataset (the run's, or the builder ``dataset``) prepared into
+def _scoring_data(cfg: ml_collections.ConfigDict, manual_dir: str | None, scratch: str | None,
+                  dataset: str | None = None, task: str = ""
+                  ) -> tuple[ml_collections.ConfigDict, str]:
+  """(data config, split) to score on: the run's validation set, or all of ``manual_dir``'s
+  dataset (the run's, or the builder ``dataset`` read for the run's ``task``) prepared into
   ``scratch``."""
-  data_cfg = setup.eval_data_config(run.cfg)
+  data_cfg = setup.eval_data_config(cfg)
   if manual_dir is None:
-    if not config_lib.has_validation(run.cfg):
+    if not config_lib.has_validation(cfg):
       raise ValueError("this run trained on all of its data (data.split='all'): pass "
                        "--manual-dir DIR to score it on another dataset folder")
-    return data_cfg, data_cfg.eval_split, run.info.class_names
+    return data_cfg, data_cfg.eval_split
   if not Path(manual_dir).is_dir():
     raise ValueError(f"--manual-dir {manual_dir}: no such directory")
   if dataset is not None and dataset != data_cfg.name:  # another builder: none of its options
-    data_cfg.update(name=dataset, builder_config=None, task=run.info.task)
+    data_cfg.update(name=dataset, builder_config=None, task=task)
     data_cfg.builder_kwargs = ml_collections.ConfigDict()
   data_cfg.manual_dir = str(Path(manual_dir).resolve())
   data_cfg.data_dir = scratch
   data_cfg.split = "official"
   try:
-    info = setup.dataset_info(data_cfg)  # prepares it, or says how to get the files
+    setup.dataset_info(data_cfg)  # prepares it, or says how to get the files
   except ValueError as e:
     raise ValueError(f"--manual-dir {manual_dir} as {data_cfg.name}: {e}") from e
-  return data_cfg, "+".join(sources.open_source(data_cfg).split_names()), info.label_names
+  return data_cfg, "+".join(sources.open_source(data_cfg).split_names())
 
 
 def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
@@ -304,9 +305,10 @@ def read_cases(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
-def _score(runs: list[Path], out: Path, *, manual_dir: str | None, dataset: str | None,
-           class_map: Mapping[str, str] | None, params: str | None, use_ema: bool | None,
-           tta: str | None, batch_size: int | None) -> dict[str, float]:
+def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str | None,
+           use_ema: bool | None, tta: str | None, batch_size: int | None,
+           dataset: str | None = None, class_map: Mapping[str, str] | None = None
+           ) -> dict[str, float]:
   """Scores one run, or the ensemble of ``runs`` (the folds of a CV run: the mean of their
   probabilities, each fold's input prepared as it was in training), and writes
   ``out/cases.csv`` and ``out/metrics.json``."""
@@ -328,11 +330,13 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, dataset: str 
     case_step = par.compile_case_step(step_lib.make_case_step(
         first.model, task, cfg, use_ema=use_ema, members=len(runs) if ensemble else 0))
     with tempfile.TemporaryDirectory(prefix="flaxderm-eval-") as scratch:
-      scored = [_scoring_data(r, manual_dir, scratch if manual_dir else None, dataset)
-                for r in restored]
-      data_cfg, split, label_names = scored[0]
+      scored = [_scoring_data(r.cfg, manual_dir, scratch if manual_dir else None, dataset,
+                              r.info.task) for r in restored]
+      data_cfg, split = scored[0]
       batches = (scoring.eval_batches(data_cfg, split, batch_size) if not ensemble else
-                 _ensemble_batches([d for d, _, _ in scored], split, batch_size))
+                 _ensemble_batches([d for d, _ in scored], split, batch_size))
+      label_names = (pipeline.dataset_info(data_cfg).label_names if manual_dir else
+                     task.class_names)
       left_out = np.zeros(len(label_names), np.int64)
       if task.kind == "classification":
         mapping = class_mapping(data_cfg.name, label_names, task.class_names, class_map)

@@ -3,25 +3,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 # Keep TensorFlow (pulled in by TFDS) quiet during tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-# One XLA compilation cache for the test session: the xdist workers and the launch.py processes
-# tests start inherit it from the process that loads this file first. Many tests compile the same
-# tiny models' steps, which loads from the cache in milliseconds instead of compiling again in
-# seconds. A fresh folder each session (removed at its end), so no result or timing depends on an
-# earlier session; JAX_COMPILATION_CACHE_DIR set outside the tests is left alone.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flaxderm-tests-xla-")
-  os.environ["FLAXDERM_TESTS_OWN_XLA_CACHE"] = "1"
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 # Importing torchvision after TensorFlow segfaults (torch 2.14 / torchvision 0.29 beside TFDS's
 # TensorFlow); the other order is safe, and a test process may need both (MONAI, timm, TFDS).
@@ -75,11 +63,6 @@ def import_source(tmp_path):
     finally:
       sys.path.remove(str(tmp_path))
   return load
-
-
-def pytest_unconfigure(config):
-  if os.environ.get("FLAXDERM_TESTS_OWN_XLA_CACHE") and not hasattr(config, "workerinput"):
-    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

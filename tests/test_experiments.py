@@ -76,6 +76,7 @@ def test_missing_dataset_says_where_to_put_it(capsys, tmp_path):
   assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_diverging_training_is_one_error_line(capsys, tmp_path):
   err = _error_of(["default:runlocal", "--workdir", str(tmp_path / "run"),
                    "--config.optimizer.name=sgd", "--config.optimizer.lr=1e30",

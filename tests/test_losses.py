@@ -165,6 +165,7 @@ def test_class_weights_match_sklearn():
 LOSS_NAMES = sorted(losses.LOSSES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,c", [(n, c) for n in LOSS_NAMES for c in (1, 3)
                                     if not (n == "lovasz_hinge" and c == 3)])
 def test_finite_values_and_gradients(name, c):
@@ -202,6 +203,7 @@ def test_empty_mask_values_documented():
   np.testing.assert_allclose(losses.lovasz_hinge(logits + 5, labels), 1 + z + 5, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_masks_and_padding():
   logits, labels = _random_batch(3, seed=2)
   padded_logits = np.concatenate([logits, np.random.default_rng(3).normal(size=logits.shape)], 0)

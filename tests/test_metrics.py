@@ -138,6 +138,7 @@ def _assert_stats_equal(a, b):
                                rtol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1, 3])
 def test_segmentation_stats_merge_and_padding(c):
   logits, truth, _ = _noisy_masks(c=c, seed=1)

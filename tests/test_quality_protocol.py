@@ -125,6 +125,7 @@ def test_stored_pairs_read_back_whole_and_refuse_other_settings(tmp_path):
     quality.stored_pair(tmp_path, 0, other)
 
 
+@pytest.mark.slow
 def test_pooled_bootstrap_pairs_named_cases_across_orders():
   """The same predictions case by case, scored in another order: the paired bootstrap's
   difference is exactly zero, which unpaired resampling cannot show."""

@@ -295,6 +295,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The least populated class")  # a 40-image fake of 7 classes
 def test_evaluate_by_pools_the_out_of_fold_cases_of_isic2018_task3(isic_cv_run, capsys):
   cv, rows = isic_cv_run
@@ -355,6 +356,7 @@ def test_audit_errors(isic_cv_run, capsys):
     evaluate_lib.audit_run(cv, ["sex"], min_cases=0)
 
 
+@pytest.mark.slow
 def test_worst_group_selection_on_pad_ufes20(pad_run, capsys):
   run, rows, results = pad_run
   best = results["best"]

@@ -160,6 +160,7 @@ def write_isic(root: Path, name: str, count: int = 2, splits=None) -> dict[str, 
   return ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ISIC_LAYOUTS))
 def test_isic_segmentation_layouts(tmp_path, name):
   ids = write_isic(tmp_path / "manual" / "extracted", name)
@@ -379,6 +380,7 @@ def _missing_image(image: Path, mask: Path) -> Path:
   return image
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spoil, problem", [
     (_corrupt, "cannot decode image"),
     (_truncated, "cannot decode image .*[Tt]runcated"),
@@ -605,6 +607,7 @@ def test_dermamnist_bad_file(tmp_path):
 # The real files in ../shared/data (downscaled so this stays quick).
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_real_datasets_build(tmp_path, shared_data):
   expected = {  # dataset -> (split, files present, needs skip_bad_examples)

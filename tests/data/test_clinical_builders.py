@@ -414,6 +414,7 @@ def test_real_isic2018_task3_clinical_fields(tmp_path, shared_data):
   assert {text(r["dx_type"]) for r in rows} == {"histo", "consensus", "confocal", "follow_up"}
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The least populated class")
 def test_pad_ufes20_metadata_batches_and_a_tiny_training(tmp_path, monkeypatch):
   """Pacheco & Krohling's fields of the fake release become batches' ``metadata`` (the

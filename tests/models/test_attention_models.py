@@ -166,6 +166,7 @@ def test_coord_attention_in_the_decoder_needs_train():
     decoder_attention("coord", 8, "attention1", None, jnp.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_every_decoder_attention_builds_on_resnet18(attention):
   model = create_model("unet", num_classes=2, encoder_name="resnet18", decoder_attention=attention,
@@ -173,6 +174,7 @@ def test_every_decoder_attention_builds_on_resnet18(attention):
   assert _output_shapes(model, _x(64)) == (1, 64, 64, 2)
 
 
+@pytest.mark.slow
 def test_coord_decoder_trains():
   model = create_model("unet", num_classes=1, base_width=2, depth=2, decoder_attention="coord")
   x = _x(16, batch=2)
@@ -295,6 +297,7 @@ def test_segnet_shapes_and_layout(size):
   assert params["segmentation_head"]["kernel"].shape == (3, 3, 4, 3)
 
 
+@pytest.mark.slow
 def test_segnet_decoder_unpools_with_the_encoder_indices():
   model = create_model("segnet", num_classes=1, base_width=2)
   x = _x(32)

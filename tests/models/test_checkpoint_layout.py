@@ -32,6 +32,7 @@ def _fingerprint(model, size: int) -> dict:
           "leaves": len(leaves), "size": size}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RECORDED))
 def test_parameter_tree_is_the_one_checkpoints_hold(name):
   size = RECORDED[name]["size"]

@@ -65,6 +65,7 @@ def test_families_registered():
   assert set(PARAM_COUNTS) <= set(list_models(task="classification"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_parameter_count_matches_reference(name):
   model = create_model(name, num_classes=1000)
@@ -73,6 +74,7 @@ def test_parameter_count_matches_reference(name):
   assert _count(variables["params"]) == PARAM_COUNTS[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 @pytest.mark.parametrize("name", sorted(FEATURE_CHANNELS))
 def test_encoder_maps_and_output_stride(name, output_stride):
@@ -119,6 +121,7 @@ def _tiny(name, **options):
   return create_model(name, stages=TINY_STAGES, stem_channels=8, head_channels=32, **options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0"])
 def test_group_norm_runs_without_batch_stats(name):
   model = _tiny(name, num_classes=3, norm="group")
@@ -130,6 +133,7 @@ def test_group_norm_runs_without_batch_stats(name):
   assert out.shape == (2, 3) and np.isfinite(out).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0"])
 def test_zero_init_last(name):
   """Each residual block's last norm starts at gamma 0 (the block starts as its shortcut); the
@@ -144,6 +148,7 @@ def test_zero_init_last(name):
     assert all(float(block[k]["bn"]["scale"].min()) == 1 for k in norms[:-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])
 def test_drop_path_is_stochastic_only_in_training(name):
   model = _tiny(name, num_classes=0, drop_path_rate=0.5)
@@ -161,6 +166,7 @@ def test_drop_path_is_stochastic_only_in_training(name):
   np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_bad_input_raises_with_model_name(name):
   model = create_model(name, num_classes=2)
@@ -267,6 +273,7 @@ PARITY = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.parametrize("name,reference,options,rename_like", PARITY, ids=[p[0] for p in PARITY])
 def test_matches_reference_implementation(name, reference, options, rename_like):

@@ -104,6 +104,7 @@ def _round_trip_cases():
   return cases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", _round_trip_cases(),
                          ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
 def test_round_trip_is_exact(name, options):
@@ -152,6 +153,7 @@ def test_head_kept_resized_or_dropped(tiny_checkpoint):
   assert set(info.report.dropped) == {"classifier.weight", "classifier.bias"}
 
 
+@pytest.mark.slow
 def test_init_leaves_equal_full_init():
   model = create_model("efficientnet_b0", num_classes=4, **TINY)
   full = jax.jit(model.init)({"params": jax.random.key(3), "dropout": jax.random.key(3)},
@@ -169,6 +171,7 @@ def resnet_checkpoint(tmp_path_factory):
                          model), variables
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", [("unet", {}), ("deeplabv3plus", {"output_stride": 8})])
 def test_segmentation_models_take_encoder_weights(resnet_checkpoint, name, options):
   path, variables = resnet_checkpoint
@@ -214,6 +217,7 @@ def test_vit_position_embedding_resampled():
   np.testing.assert_allclose(small.apply(loaded, x), big.apply(variables, x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_swin_bias_tables_cropped_to_clamped_windows():
   big = create_model("swin_tiny", num_classes=0)
   variables = random_variables(big)
@@ -402,6 +406,7 @@ def tiny_unet():
   return model, variables
 
 
+@pytest.mark.slow
 def test_param_labels(tiny_unet):
   model, variables = tiny_unet
   labels = pretrained.param_labels(variables["params"], model)

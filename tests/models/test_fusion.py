@@ -19,6 +19,7 @@ def _init(model, x, m):
                     train=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["concat", "metablock"])
 @pytest.mark.parametrize("name, options", FAMILIES)
 def test_fusion_heads_train_their_metadata_parameters(name, options, fusion):
@@ -44,6 +45,7 @@ def test_fusion_heads_train_their_metadata_parameters(name, options, fusion):
   assert not np.allclose(infer(m), infer(m + 1.0))
 
 
+@pytest.mark.slow
 def test_metablock_gates_the_coarsest_map():
   backbone = create_model("resnet18", num_classes=0, depths=(1, 1, 1, 1))
   model = MetadataFusion(backbone=backbone, num_classes=2, fusion="metablock")

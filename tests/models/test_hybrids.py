@@ -109,6 +109,7 @@ TINY_TRANSUNET = dict(img_size=SIZE, neck_channels=(8, 8, 16, 16),
                       decoder_channels=(16, 16, 8, 8, 8))
 
 
+@pytest.mark.slow
 def test_transunet_trains(tiny_encoders):
   model = create_model("transunet", num_classes=NUM_CLASSES, encoder_name="vit_test_p16",
                        **TINY_TRANSUNET)
@@ -180,6 +181,7 @@ def test_transunet_state_dict_round_trip(tiny_encoders):
   jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(variables))
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_transunet_encoder_loads_timm_vit():
   torch = pytest.importorskip("torch")
@@ -225,6 +227,7 @@ def _swin_model(decoder: str):
                       encoder_kwargs={"img_size": SIZE})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", ANY_ENCODER)
 def test_decoder_traces_on_swin(tiny_encoders, decoder):
   """Traced only: output shape and one gradient per parameter."""

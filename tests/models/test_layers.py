@@ -10,6 +10,7 @@ import pytest
 from flaxderm.models import layers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel_size,strides,dilation,padding", [
     (3, 1, 1, "SAME"), (3, 2, 1, "SAME"), (5, 2, 1, ((2, 2), (2, 2))), (5, 1, 1, "SAME"),
     (3, 1, 2, ((2, 2), (2, 2))), (3, 2, 1, ((1, 1), (1, 1))),
@@ -34,6 +35,7 @@ def test_depthwise_conv_equals_grouped_conv_with_gradients(kernel_size, strides,
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_depthwise_conv_gradients_in_bfloat16_keep_dtypes_and_values():
   x = jax.random.normal(jax.random.key(0), (3, 12, 12, 8))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 8))
@@ -53,6 +55,7 @@ def test_depthwise_conv_names_a_kernel_that_does_not_fit():
     layers.depthwise_conv(jnp.zeros((1, 8, 8, 6)), jnp.zeros((3, 3, 1, 4)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window,strides,padding,size", [
     (2, 2, 0, (12, 8)),  # reshape form
     (3, 2, 1, (12, 8)),  # pair form (ResNet stem)

@@ -51,6 +51,7 @@ def _expected_shape(name, batch):
   return (batch, _size(name), _size(name), NUM_CLASSES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_model_traces_train_and_eval(name, dtype):
@@ -106,6 +107,7 @@ def check_runs_with_finite_gradients(name, options, dtype):
   assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", models_run_for_real(),
                          ids=[n for n, _ in models_run_for_real()])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
@@ -183,12 +185,14 @@ def _module_paths(name: str) -> set[str]:
   return paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in list_models() if model_entry(n).gradcam_layer])
 def test_gradcam_layer_names_modules_of_the_model(name):
   pattern = model_entry(name).gradcam_layer
   assert any(re.fullmatch(pattern, p) for p in _module_paths(name)), (name, pattern)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models(task="classification"))
 def test_encoder_contract(name):
   model = create_model(name, num_classes=0)

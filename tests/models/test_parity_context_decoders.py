@@ -47,6 +47,7 @@ def check_parity(reference, name: str, options: dict, size: int = 64, aux: bool 
   check_export(variables, model, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("merge_policy,interpolation,aux", [("add", "nearest", True),
                                                             ("cat", "bilinear", False)])
 def test_fpn_matches_smp(merge_policy, interpolation, aux):
@@ -57,6 +58,7 @@ def test_fpn_matches_smp(merge_policy, interpolation, aux):
                                       segmentation_channels=64), aux=aux)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder_depth,aux", [(3, True), (5, False)])
 def test_pspnet_matches_smp(encoder_depth, aux):
   """The default depth 3 pools the stride-8 map (and the auxiliary head sees it); at depth 5
@@ -68,17 +70,20 @@ def test_pspnet_matches_smp(encoder_depth, aux):
                aux=aux)
 
 
+@pytest.mark.slow
 def test_pan_matches_smp():
   reference = torchvision_dilation(
       smp.PAN("resnet18", encoder_weights=None, classes=2, aux_params={"classes": 3}), 16)
   check_parity(reference, "pan", {}, size=128, aux=True)
 
 
+@pytest.mark.slow
 def test_upernet_matches_smp():
   reference = smp.UPerNet("resnet18", encoder_weights=None, classes=2, decoder_channels=64)
   check_parity(reference, "upernet", dict(decoder_channels=64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride,aux", [(8, True), (16, False)])
 def test_deeplabv3_matches_smp(output_stride, aux):
   """Output stride 8 is both libraries' default, with the same rates (12, 24, 36); at 16 flaxderm

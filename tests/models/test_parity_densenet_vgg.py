@@ -31,6 +31,7 @@ def _count(tree) -> int:
   return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_classes", [1000, 10, 0])
 @pytest.mark.parametrize("name", MODELS)
 def test_parameter_count_equals_timm(name, num_classes):
@@ -50,6 +51,7 @@ def test_parameter_count_equals_timm(name, num_classes):
 CLASSIFIERS = [("densenet121", {}), ("vgg16", {}), ("vgg16_bn", {"mlp_ratio": 1 / 64})]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", CLASSIFIERS, ids=[c[0] for c in CLASSIFIERS])
 def test_classifier_matches_timm(name, options):
   x = images(64)
@@ -100,6 +102,7 @@ def test_vgg_pre_logits_pooling_matches_timm(height, width):
 ENCODER_OPTIONS = {"vgg16_bn": {"mlp_ratio": 1 / 256}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["densenet121", "vgg16_bn"])
 def test_encoder_matches_smp(name):
   """The five maps of ``features_only=True`` are smp's encoder maps at strides 2..32 (smp's VGG
@@ -154,6 +157,7 @@ def test_stage_count_is_checked(name, option, value):
 
 
 
+@pytest.mark.slow
 def test_vgg_classifier_checkpoint_initialises_an_encoder():
   """A timm VGG classifier's checkpoint fills a U-Net's encoder: ``pre_logits`` (not part of the
   encoder) and the head are dropped, the trunk is copied."""
@@ -173,6 +177,7 @@ def test_vgg_classifier_checkpoint_initialises_an_encoder():
 UNETS = ["densenet121", "vgg16_bn"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", UNETS)
 def test_unet_matches_smp(encoder):
   """smp's ``Unet`` with these encoders and flaxderm's ``unet``: weights convert both ways and the

@@ -73,6 +73,7 @@ def test_parameter_count_equals_timm(name, num_classes):
   assert _param_count(create_model(name, num_classes=num_classes), SIZE) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TIMM_NAMES))
 def test_classifier_matches_timm(name):
   x = images(SIZE, batch=1)
@@ -86,6 +87,7 @@ def test_classifier_matches_timm(name):
   check_export(variables, model, reference)
 
 
+@pytest.mark.slow
 def test_inception_encoder_is_timm_repadded_as_smp():
   """features_only = timm's feature_info taps of the network with smp's encoder padding (every
   3x3 conv padded by 1, every max pool by 1), at exact strides 2..32."""
@@ -116,6 +118,7 @@ def test_inception_encoder_is_timm_repadded_as_smp():
     assert relative_error(o, e) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_xception_encoder_matches_smp():
   """smp's ``xception`` encoder: same keys as timm's legacy_xception less ``fc``, same maps
   (shapes, channels and values) as flaxderm's features_only, and flaxderm's export loads into it."""

@@ -28,6 +28,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,smp_name,options,smp_options,never_called", CASES,
                          ids=["unetplusplus", "unetplusplus-scse", "linknet", "manet"])
 def test_skip_decoder_matches_smp(name, smp_name, options, smp_options, never_called):

@@ -331,6 +331,7 @@ def test_bad_options_raise(name, kwargs, match):
 # ------------------------------------------------------------------------------------------------
 # Training mode: gradients.
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs", [
     ("unet", dict(base_width=4, upsampling="transpose")),
     ("unet", dict(encoder_name=TINY, decoder_channels=(8, 8, 8, 8, 8), aux_classes=2)),
@@ -390,6 +391,7 @@ def _smp_to_flax(state_dict) -> dict:
   return variables
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.parametrize("attention", [None, "scse"])
 def test_unet_decoder_matches_smp(attention):

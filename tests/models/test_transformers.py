@@ -56,6 +56,7 @@ def test_parameter_count_equals_timm(name):
   assert _count(encoder) == TIMM_COUNTS[name] - _count(params["head"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [tiny_vit, tiny_swin], ids=["vit", "swin"])
 def test_tiny_model_train_eval_and_encoder(build):
   rates = dict(drop_rate=0.1, proj_drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)
@@ -199,6 +200,7 @@ def _naive_swin_block(p, x, heads, window, shift, table):
   return x + _dense(0.5 * y * (1 + erf(y / np.sqrt(2))), p["mlp"]["fc2"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,window,shift,table", [
     ((8, 8), (4, 4), (2, 2), 4),   # shifted, no padding
     ((10, 6), (4, 4), (2, 2), 4),  # shifted and padded (to 12x8)
@@ -307,6 +309,7 @@ def test_vit_equals_timm():
   np.testing.assert_allclose(feats[2], want_map.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_swin_equals_timm():
   torch = pytest.importorskip("torch")

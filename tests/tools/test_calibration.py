@@ -185,6 +185,7 @@ def test_fit_temperature_stays_in_range_and_checks_inputs():
 
 
 
+@pytest.mark.slow
 def test_evaluate_calibrate_stores_the_temperature_and_predict_applies_it(classification_run,
                                                                           tmp_path, capsys):
   run_dir = tmp_path / "run"
@@ -224,6 +225,7 @@ def test_evaluate_calibrate_stores_the_temperature_and_predict_applies_it(classi
     np.testing.assert_allclose([float(v) for v in row[1:]], want, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_segmentation_calibration_per_pixel_and_per_fold(segmentation_run, tmp_path, caplog):
   cv = tmp_path / "cv"
   for fold in ("fold_0", "fold_1"):

@@ -51,6 +51,7 @@ def isic2019_dir(tmp_path_factory) -> Path:
                          for i, (image, _) in enumerate(ISIC2019_CASES)])
 
 
+@pytest.mark.slow
 def test_classes_of_the_same_name_score_and_the_others_need_a_map(ham_run, isic2019_dir):
   with pytest.raises(ValueError, match=r"classes \['ak', 'scc'\] are not among the run's classes "
                                        r"\(akiec, bcc, .*--class-map ak=,scc="):
@@ -108,6 +109,7 @@ def test_the_command_scores_another_dataset(ham_run, isic2019_dir, capsys):
   assert "--dataset isic2019: give --manual-dir" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_segmentation_run_scores_the_isic2017_pairs_not_a_dataset_without_masks(tmp_path):
   cases = {f"IMD00{i}": "common_nevus" for i in range(1, 5)}
   cfg = tiny_config(**{"data.name": "ph2", "data.split": "all", "num_steps": 1,

@@ -27,6 +27,7 @@ def _logits_fn(model, variables):
 # Against the reference implementation.
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.usefixtures("torch_seed")
 @pytest.mark.parametrize("method", attribution.CAM_METHODS)
@@ -61,6 +62,7 @@ def test_cam_matches_pytorch_grad_cam_on_timm_resnet18(method):
 # Gradient attributions.
 
 
+@pytest.mark.slow
 def test_integrated_gradients_are_complete():
   model = create_model("resnet18", num_classes=3, depths=(1, 1, 1, 1))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
@@ -109,6 +111,7 @@ SIDE = 96
 FAMILIES = sorted({model_entry(n).family for n in list_models(task="classification")})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_default_layer_of_every_classifier_family_reaches_the_target(family):
   name, side = _smallest_variant(family), SIDE
@@ -132,6 +135,7 @@ def test_default_layer_of_every_classifier_family_reaches_the_target(family):
     assert 0 <= heat.min() and heat.max() <= 1
 
 
+@pytest.mark.slow
 def test_segmentation_models_default_to_their_encoder():
   model = create_model("unet", num_classes=1, encoder_name="resnet18",
                        encoder_kwargs={"depths": (1, 1, 1, 1)}, decoder_channels=(8, 8, 8, 8, 8))
@@ -158,6 +162,7 @@ def _pixels(path: Path) -> np.ndarray:
     return np.asarray(im)
 
 
+@pytest.mark.slow
 def test_explain_command_writes_overlays_at_the_original_size(classification_run, tmp_path,
                                                               capsys):
   write_image(tmp_path / "in" / "a.jpg", 45, 70)
@@ -173,6 +178,7 @@ def test_explain_command_writes_overlays_at_the_original_size(classification_run
   assert cli.main(argv) == 1 and "--overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_explainer_targets_the_predicted_class_and_averages_folds(classification_run, tmp_path):
   run = run_lib.load_run(classification_run, tta="none")
   image = np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8)

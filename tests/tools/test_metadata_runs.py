@@ -58,6 +58,7 @@ def write_metadata(path, cases=CASES):
   return path
 
 
+@pytest.mark.slow
 def test_the_run_records_the_vocabulary_of_its_training_split(metadata_run):
   saved = json.loads((metadata_run / "config.json").read_text())["data"]
   assert tuple(saved["metadata"]) == FIELDS

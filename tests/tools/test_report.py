@@ -47,6 +47,7 @@ def grid_pixels(columns: int, rows: int) -> tuple[int, int]:
   return round(width * report.DPI), round(height * report.DPI)
 
 
+@pytest.mark.slow
 def test_classification_report(classification_run, capsys):
   assert cli.main(["report", "--workdir", str(classification_run), "--cases", "3"]) == 0
   page = classification_run / "report" / "index.html"
@@ -78,6 +79,7 @@ def test_segmentation_report_and_its_worst_cases(segmentation_run):
   assert dice[0] <= dice[-1]
 
 
+@pytest.mark.slow
 def test_cross_validation_report_has_the_fold_table(tmp_path):
   cv = tmp_path / "cv"
   crossval.train_folds(tiny_config(), cv, 2)

@@ -147,6 +147,7 @@ def one_model_per_family() -> list[tuple[str, dict]]:
           if model_entry(n).test_options is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", one_model_per_family(),
                          ids=[n for n, _ in one_model_per_family()])
 def test_eval_and_predict_steps_lower_for_cuda_and_tpu(name, options):

@@ -145,6 +145,7 @@ def test_weight_decay_mask_spares_biases_and_norms():
 # The train step.
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch():
   # No BatchNorm (its statistics are per batch), a per-image mean loss, plain SGD.
   changes = {"model.kwargs.norm": "none", "loss.name": "dice", "optimizer.name": "sgd",
@@ -169,6 +170,7 @@ def test_non_finite_loss_leaves_the_state_unchanged():
                (state.params, state.batch_stats, state.opt_state))
 
 
+@pytest.mark.slow
 def test_ema_follows_the_parameters():
   state, step = build(tiny_config(**{"optimizer.ema_decay": 0.9}))
   new, _ = step(state, random_batch(4), jnp.float32(0))
@@ -177,6 +179,7 @@ def test_ema_follows_the_parameters():
                new.ema_params, expected)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters():
   state, step = build(tiny_config(compute_dtype="bfloat16"))
   new, metrics = step(state, random_batch(4), jnp.float32(0))
@@ -201,6 +204,7 @@ def _train_losses(cfg, info, batches, num_steps):
   return state, np.array(losses_seen)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["unet", "resnet"])
 def test_bfloat16_training_follows_float32(kind):
   """bf16 compute trains like f32: params, BatchNorm statistics and the loss stay float32."""
@@ -287,6 +291,7 @@ def test_config_survives_json(tmp_path):
 # The loop, checkpoints and scoring.
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_and_evaluate_rescores_it(tmp_path):
   results = loop.train(tiny_config(), tmp_path)
   assert results["step"] == 6 and 0.0 <= results["validation"]["dice/per_image"] <= 1.0
@@ -329,6 +334,7 @@ def test_train_writes_a_complete_run_and_evaluate_rescores_it(tmp_path):
   assert again["step"] == 6
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_final_params_when_asked(tmp_path):
   results = loop.train(tiny_config(final_params="best", **{"optimizer.lr": 0.05}), tmp_path)
   best = results["best"]
@@ -339,6 +345,7 @@ def test_best_checkpoint_is_the_final_params_when_asked(tmp_path):
                               if '"validation"' in line)
 
 
+@pytest.mark.slow
 def test_budget_stops_training_and_drives_the_schedule(tmp_path):
   cfg = tiny_config(num_steps=0, budget_s=15.0, log_every_steps=1, **{"schedule.name": "cosine",
                                                                    "eval.every_steps": 0})
@@ -477,6 +484,7 @@ def test_train_on_all_of_one_folder_and_score_another(tmp_path):
 # XLA options of the compiled steps.
 
 
+@pytest.mark.slow
 def test_cpu_compiler_options_compute_the_same_step():
   options = parallel.compiler_options("cpu")
   assert options == parallel.CPU_COMPILER_OPTIONS  # this jaxlib accepts them

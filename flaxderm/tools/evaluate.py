@@ -335,13 +335,14 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
       data_cfg, split = scored[0]
       batches = (scoring.eval_batches(data_cfg, split, batch_size) if not ensemble else
                  _ensemble_batches([d for d, _ in scored], split, batch_size))
-      label_names = (pipeline.dataset_info(data_cfg).label_names if manual_dir else
-                     task.class_names)
-      left_out = np.zeros(len(label_names), np.int64)
+      label_names, unmapped = task.class_names, None
       if task.kind == "classification":
+        if manual_dir:  # the scored dataset's own labels
+          label_names = sources.open_source(data_cfg).class_names
         mapping = class_mapping(data_cfg.name, label_names, task.class_names, class_map)
         if not np.array_equal(mapping, np.arange(len(task.class_names))):
-          batches = _relabelled(batches, mapping, left_out)
+          unmapped = np.zeros(len(label_names), np.int64)
+          batches = _relabelled(batches, mapping, unmapped)
       with jax.set_mesh(par.mesh):
         rows, stats = scoring.evaluate_cases(case_step, state, batches, par, task)
       fields = splits.split_fields(data_cfg, split)
@@ -351,7 +352,8 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
     metrics.update(_auc(rows, task.class_names))
   if manual_dir is not None and not ensemble:  # the folds of an ensemble were scored alone first
     _warn_of_training_cases(first.cfg, rows, manual_dir)
-  left_out = {name: int(n) for name, n in zip(label_names, left_out) if n}
+  left_out = ({} if unmapped is None else
+              {name: int(n) for name, n in zip(label_names, unmapped) if n})
   if left_out:
     log.warning("left out %d cases of %s whose class --class-map maps to none: %s",
                 sum(left_out.values()), data_cfg.name, left_out)

@@ -182,9 +182,8 @@ def class_mapping(dataset: str, names: tuple[str, ...], run_classes: tuple[str, 
   case-insensitive). ValueError naming a class that has neither, or a map entry that names no
   class."""
   class_map = {k.lower(): v.lower() for k, v in (class_map or {}).items()}
-  own = {n.lower(): i for i, n in enumerate(names)}
   run = {c.lower(): i for i, c in enumerate(run_classes)}
-  stray = sorted(set(class_map) - set(own))
+  stray = sorted(set(class_map) - {n.lower() for n in names})
   if stray:
     raise ValueError(f"--class-map: {stray} {'is' if len(stray) == 1 else 'are'} not a class of "
                      f"dataset {dataset!r} (its classes: {', '.join(names)})")

@@ -196,6 +196,11 @@ def _run_part(connection, part, args) -> None:
   connection.close()
 
 
+class PartDied(RuntimeError):
+  """A measured part's process ended without a result (exit code -9: killed, e.g. out of
+  memory)."""
+
+
 def measured(part, *args) -> tuple[dict, int]:
   """(``part(*args)`` run in a spawned process, that process tree's peak RSS in bytes)."""
   context = multiprocessing.get_context("spawn")
@@ -210,8 +215,8 @@ def measured(part, *args) -> tuple[dict, int]:
     result = receiver.recv()
   except EOFError:
     process.join()
-    raise SystemExit(f"{part.__name__}{args} failed with exit code {process.exitcode} (-9: "
-                     "killed, e.g. out of memory)") from None
+    raise PartDied(f"{part.__name__}{args} failed with exit code {process.exitcode} (-9: "
+                   "killed, e.g. out of memory)") from None
   process.join()
   return result, peak
 
@@ -243,6 +248,19 @@ def input_part(data_dir: str, manual_dir: str, size: int, workers: int, batch: i
     images = next(iterator)["image"]
   assert images.shape == (batch, size, size, 3), images.shape
   return {"images_per_s": batches * batch / (time.perf_counter() - started)}
+
+
+def fitting_step(size: int, batch: int, steps: int) -> dict:
+  """``step_part`` at ``batch``, or at the largest halving of it whose step is not killed (the
+  ResNet-50 step at 512 px and batch 32 needs more than 24 GiB); its ``batch`` says which."""
+  while True:
+    try:
+      return {**measured(step_part, size, batch, steps)[0], "batch": batch}
+    except PartDied as died:
+      if batch == 1:
+        raise SystemExit(str(died)) from None
+      print(f"{died}; the step again at batch {batch // 2}", flush=True)
+      batch //= 2
 
 
 def step_part(size: int, batch: int, steps: int) -> dict:
@@ -340,8 +358,9 @@ def main(argv=None):
              f"{STEP_MODEL} train step images/s | pipeline / step |",
              "|---:|---:|---:|---:|---:|---:|"]
     for size in args.sizes:
-      step = measured(step_part, size, args.batch, args.steps)[0] if "step" in args.only else None
-      step_text = f"{step['images_per_s']:.1f}" if step else "-"
+      step = fitting_step(size, args.batch, args.steps) if "step" in args.only else None
+      step_text = "-" if step is None else f"{step['images_per_s']:.1f}" + (
+          f" (batch {step['batch']})" if step["batch"] != args.batch else "")
       for workers in args.input_workers if "input" in args.only else [None]:
         if workers is None:
           table.append(f"| {size} | - | - | - | {step_text} | - |")
@@ -357,7 +376,8 @@ def main(argv=None):
         "vflip, " + ", ".join(f"{k} p={p}" for k, p in AUGMENT.items()) + "; 2 grain read "
         f"threads; {args.batches} batches timed after 2 untimed",
         f"- step: benchmarks/train_step.py's {STEP_MODEL} step (`bench_flax`, float32, 1000 "
-        f"classes) at batch {args.batch}, median of {args.steps} after 1 warm-up; it runs alone "
+        f"classes) at batch {args.batch} (or the batch in brackets, halved until its process "
+        f"was not killed for memory), median of {args.steps} after 1 warm-up; it runs alone "
         "here, while in training it shares the cores with the pipeline", "", *table]
 
   section = "\n".join([
@@ -371,4 +391,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except PartDied as died:
+    sys.exit(str(died))

@@ -20,6 +20,7 @@ from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from flaxderm.data import builders
 from flaxderm.data import config as config_lib
+from flaxderm.data.builders import common
 
 tfds.disable_progress_bar()
 
@@ -94,9 +95,10 @@ def test_two_workers_prepare_the_same_records(manual, reference, tmp_path):
 
 def test_records_stay_in_order_when_tfds_spills_them_to_disk(manual, reference, tmp_path,
                                                              monkeypatch):
-  # Past its memory buffer TFDS sorts examples into disk buckets by key; the keys must spread them
-  # over several buckets (each read back whole) and keep the official order.
-  monkeypatch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 0)
+  # Past the split's memory bound TFDS sorts examples into disk buckets by key; the keys must
+  # spread them over several buckets (each read back whole) and keep the official order.
+  monkeypatch.setattr(common, "IN_MEMORY_SPLIT_BYTES", 0)
+  tfds_threshold = tfds_shuffle.MAX_MEM_BUFFER_SIZE
   buckets = set()
   add = tfds_shuffle._Bucket.add  # pylint: disable=protected-access
 
@@ -107,6 +109,7 @@ def test_records_stay_in_order_when_tfds_spills_them_to_disk(manual, reference, 
   monkeypatch.setattr(tfds_shuffle._Bucket, "add", spy)  # pylint: disable=protected-access
   assert_same(contents(prepare(tmp_path, manual, workers=2)), reference)
   assert len(buckets) == NUM_IMAGES - 1
+  assert tfds_shuffle.MAX_MEM_BUFFER_SIZE == tfds_threshold  # lowered only while preparing
 
 
 # Prepares with a pause after each example, printing how many it has handed to TFDS.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -50,6 +51,7 @@ from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from flaxderm.data import clinical
 from flaxderm.data import preprocess
@@ -72,10 +74,28 @@ MASK_MAX_AMBIGUOUS = 0.01
 # writer catches up, few enough that memory does not grow with the dataset.
 IN_FLIGHT_PER_WORKER = 4
 # TFDS keeps examples in the order of their integer keys (disable_shuffling) and, once a split
-# passes 1 GB, sorts them into disk buckets by key / KEY_SPACE, reading one bucket at a time when it
-# writes the shards. Keys spread over the whole range keep those buckets small; keys 0, 1, 2, ...
+# passes IN_MEMORY_SPLIT_BYTES, sorts them into disk buckets by key / KEY_SPACE, reading one bucket
+# at a time when it writes the shards. Keys spread over the whole range keep those buckets small; keys 0, 1, 2, ...
 # would all land in the first bucket, read back into memory at once.
 KEY_SPACE = 2 ** 128
+# A split's examples stay in memory until they pass this many bytes, then go to those disk
+# buckets. TFDS's own threshold (shuffle.MAX_MEM_BUFFER_SIZE, 1 GB) made a preparation's peak
+# memory grow with the dataset up to 1 GB: 896 MiB at 5,000 ISIC 2019-sized images, 1,885 MiB at
+# 25,000 (benchmarks/RESULTS.md, "Large dataset"). Spilling sooner costs one more write and read of
+# each record on disk.
+IN_MEMORY_SPLIT_BYTES = 64 << 20
+
+
+@contextlib.contextmanager
+def _split_memory_bounded(limit: int) -> Iterator[None]:
+  """TFDS's in-memory threshold for a split's examples lowered to ``limit`` bytes (never
+  raised) while a preparation writes; restored afterwards."""
+  previous = tfds_shuffle.MAX_MEM_BUFFER_SIZE
+  tfds_shuffle.MAX_MEM_BUFFER_SIZE = min(previous, limit)
+  try:
+    yield
+  finally:
+    tfds_shuffle.MAX_MEM_BUFFER_SIZE = previous
 
 
 class BadExample(Exception):
@@ -379,7 +399,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _download_and_prepare(self, dl_manager, download_config):
     self._bad, self._left_out = [], {}
-    super()._download_and_prepare(dl_manager, download_config)
+    with _split_memory_bounded(IN_MEMORY_SPLIT_BYTES):
+      super()._download_and_prepare(dl_manager, download_config)
     # Written into the temporary data directory, so the report appears with the data or not at all.
     report = {"dataset": self.info.full_name, "skip_bad_examples": self.skip_bad_examples,
               "num_skipped": len(self._bad), "skipped": self._bad, "left_out": self._left_out}

@@ -7,9 +7,11 @@ TensorFlow's SAME, which pads the extra row/column at the bottom/right for even 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -96,6 +98,37 @@ class Norm(nn.Module):
     raise ValueError(f"norm must be one of {NORMS}, got {self.kind!r}")
 
 
+# Set while graphs are traced for export (flaxderm/tools/export.py): the depthwise and 1x1
+# convolutions are then written as the convolutions they are, which converters map to
+# DEPTHWISE_CONV_2D / CONV_2D, fold BatchNorm into and quantize per channel with 32-bit
+# accumulators. Traced as shifted sums and matrix products, a full-integer (int8) EfficientNet-Lite0
+# re-quantized every partial sum per tensor: ISIC 2018 Task 3 balanced accuracy 0.608 -> 0.212
+# (benchmarks/RESULTS.md, "TFLite export").
+_STANDARD_CONVOLUTIONS = contextvars.ContextVar("standard_convolutions", default=False)
+
+
+@contextlib.contextmanager
+def standard_convolutions() -> Iterator[None]:
+  """Within it, depthwise and 1x1 convolutions are traced as ``lax.conv_general_dilated``: the
+  same values, the graph an exporter expects. JAX's trace caches do not see this switch, so they
+  are cleared on entry (a function traced before would keep its shifted sums) and on exit (one
+  traced inside would keep the slower convolutions)."""
+  jax.clear_caches()
+  token = _STANDARD_CONVOLUTIONS.set(True)
+  try:
+    yield
+  finally:
+    _STANDARD_CONVOLUTIONS.reset(token)
+    jax.clear_caches()
+
+
+def _convolution(x: jax.Array, kernel: jax.Array, strides: int, dilation: int, padding: Any,
+                 groups: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(
+      x, kernel, (strides, strides), padding, rhs_dilation=(dilation, dilation),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
 def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int = 1, dilation: int = 1,
                    padding: Any = "SAME") -> jax.Array:
   """Depthwise convolution (``kernel`` (k, k, 1, C), one filter per channel) as a sum of k*k
@@ -112,6 +145,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int = 1, dilatio
   window = dilation * (k - 1) + 1
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(x.shape[1:3], (window, window), (strides, strides), padding)
+  if _STANDARD_CONVOLUTIONS.get():
+    return _convolution(x, kernel, strides, dilation, padding, x.shape[-1])
   return _depthwise(x, kernel, strides, dilation, tuple(tuple(int(p) for p in pad)
                                                           for pad in padding))
 
@@ -321,6 +356,9 @@ class PointwiseConv(_ConvWeights):
   @nn.compact
   def __call__(self, x):
     x, kernel, bias = self.weights(x, (1, 1, x.shape[-1], self.features))
+    if _STANDARD_CONVOLUTIONS.get():
+      y = _convolution(x, kernel, self.strides, 1, "VALID", 1)
+      return y if bias is None else y + bias
     if self.strides > 1:
       # lax.slice, not x[:, ::s, ::s]: with a symbolic batch (export) indexing becomes a gather.
       x = jax.lax.slice(x, (0,) * 4, x.shape, (1, self.strides, self.strides, 1))

@@ -20,7 +20,9 @@ augmentation inside, the mean of the folds for a cross-validation run). Preparin
   card says which). ``--quantize float16`` stores the weights as float16 (computed in float32 on
   CPUs). ``--quantize int8`` is full-integer post-training quantization of the network: int8
   weights and activations in every layer, their ranges calibrated on ``--calibration-images``
-  images of the run's training split prepared as its evaluation prepares them. Input and output
+  images of the run's training split prepared as its evaluation prepares them, on a graph of batch
+  ``--batch-size`` (fixed, so each BatchNorm folds into its convolution, quantized per channel;
+  depthwise and 1x1 convolutions are exported as such, ``layers.standard_convolutions``). Input and output
   stay float32 (the graph quantizes its input), so a quantized model is called exactly as the
   float one. What follows the network stays float32: the test-time augmentation's mean of
   probabilities and the logits of that mean, which int8 would make infinite at probabilities of 0
@@ -53,6 +55,7 @@ from flaxderm.tools import run as run_lib
 from flaxderm.data import metadata as metadata_lib
 from flaxderm.data import pipeline
 from flaxderm.data import preprocess as preprocess_lib
+from flaxderm.models import layers
 from flaxderm.train import checkpoint as checkpoint_lib
 
 FORMATS = ("onnx", "savedmodel", "tflite")
@@ -172,30 +175,38 @@ def export_function(fn: Callable[..., jax.Array], image_size: int, fmt: str,
       described["metadata_input"] = [batch, metadata_width]
     return described
 
-  try:
-    if fmt == "onnx":
-      from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
-
-      model = to_onnx(fn, [("N", *shape) for shape in shapes], model_name=name)
-      path.write_bytes(model.SerializeToString())
-      return graph(None)
-    tf_function = _tf_function(fn, shapes, None)
-    if fmt == "savedmodel":
-      _save_tf(tf_function, path)
-      return graph(None)
+  # Traced here, so the graph holds DEPTHWISE_CONV_2D / CONV_2D (layers.standard_convolutions).
+  with layers.standard_convolutions():
     try:
-      model, kept_float = _tflite(tf_function, quantize, calibration, 1, float_layers)
-      described = graph(None)
-    except Exception:  # pylint: disable=broad-except  (e.g. strided slices need a static batch)
+      if fmt == "onnx":
+        from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
+
+        model = to_onnx(fn, [("N", *shape) for shape in shapes], model_name=name)
+        path.write_bytes(model.SerializeToString())
+        return graph(None)
+      tf_function = _tf_function(fn, shapes, None)
+      if fmt == "savedmodel":
+        _save_tf(tf_function, path)
+        return graph(None)
+      if quantize != "int8":
+        try:
+          path.write_bytes(_tflite(tf_function, quantize, calibration, 1, float_layers)[0])
+          return graph(None)
+        except Exception:  # pylint: disable=broad-except  (e.g. strided slices need a static batch)
+          pass
+      # int8 always takes a fixed batch: with a dynamic one every BatchNorm stays a broadcast to a
+      # computed shape, neither folded into its convolution nor quantized per channel (an int8
+      # ISIC 2018 Task 3 EfficientNet-Lite0 fell from 0.608 to 0.126 balanced accuracy,
+      # benchmarks/RESULTS.md, "TFLite export").
       model, kept_float = _tflite(_tf_function(fn, shapes, batch_size), quantize, calibration,
                                   batch_size, float_layers)
+      path.write_bytes(model)
       described = graph(batch_size)
-    path.write_bytes(model)
-    return {**described, "float_tensors": kept_float} if quantize == "int8" else described
-  except ExportError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except  (converters raise anything)
-    raise _unexpressible(fmt, name, e, fn, shapes) from e
+      return {**described, "float_tensors": kept_float} if quantize == "int8" else described
+    except ExportError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (converters raise anything)
+      raise _unexpressible(fmt, name, e, fn, shapes) from e
 
 
 def _tf_function(fn, shapes: list[tuple[int, ...]], batch_size: int | None):

@@ -50,6 +50,40 @@ def test_depthwise_conv_gradients_in_bfloat16_keep_dtypes_and_values():
     np.testing.assert_allclose(low.astype(np.float32), full, rtol=0.05, atol=0.3)
 
 
+@pytest.mark.parametrize("kernel_size,strides,dilation,padding", [
+    (3, 2, 1, "SAME"), (5, 1, 2, ((4, 4), (4, 4)))])
+def test_export_traces_depthwise_conv_as_the_grouped_convolution(kernel_size, strides, dilation,
+                                                                  padding):
+  """Inside ``standard_convolutions`` (what export traces in) the same values come from one
+  grouped ``conv_general_dilated``, the op converters map to DEPTHWISE_CONV_2D."""
+  x = jax.random.normal(jax.random.key(0), (2, 13, 10, 6))
+  kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, 1, 6))
+  conv = lambda x, k: layers.depthwise_conv(x, k, strides=strides, dilation=dilation,
+                                            padding=padding)
+  with layers.standard_convolutions():
+    exported = jax.make_jaxpr(conv)(x, kernel)
+    standard = conv(x, kernel)
+  groups = [e.params["feature_group_count"] for e in exported.eqns
+            if e.primitive.name == "conv_general_dilated"]
+  assert groups == [6]
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(conv)(x, kernel))  # the shifted sums
+  np.testing.assert_allclose(standard, conv(x, kernel), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strides,use_bias", [(1, True), (2, False)])
+def test_export_traces_pointwise_conv_as_a_1x1_convolution(strides, use_bias):
+  module = layers.PointwiseConv(features=5, strides=strides, use_bias=use_bias)
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 4))
+  variables = module.init(jax.random.key(1), x)
+  if use_bias:
+    variables = jax.tree.map(lambda v: v + 0.5, variables)
+  with layers.standard_convolutions():
+    exported = jax.make_jaxpr(module.apply)(variables, x)
+    standard = module.apply(variables, x)
+  assert [e.primitive.name for e in exported.eqns].count("conv_general_dilated") == 1
+  np.testing.assert_allclose(standard, module.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
 def test_depthwise_conv_names_a_kernel_that_does_not_fit():
   with pytest.raises(ValueError, match=r"kernel shape \(3, 3, 1, 4\).*\(1, 8, 8, 6\)"):
     layers.depthwise_conv(jnp.zeros((1, 8, 8, 6)), jnp.zeros((3, 3, 1, 4)))

@@ -20,13 +20,13 @@ augmentation inside, the mean of the folds for a cross-validation run). Preparin
   card says which). ``--quantize float16`` stores the weights as float16 (computed in float32 on
   CPUs). ``--quantize int8`` is full-integer post-training quantization of the network: int8
   weights and activations in every layer, their ranges calibrated on ``--calibration-images``
-  images of the run's training split prepared as its evaluation prepares them, on a graph of batch
-  ``--batch-size`` (fixed, so each BatchNorm folds into its convolution, quantized per channel;
-  depthwise and 1x1 convolutions are exported as such, ``layers.standard_convolutions``). Input and output
-  stay float32 (the graph quantizes its input), so a quantized model is called exactly as the
-  float one. What follows the network stays float32: the test-time augmentation's mean of
-  probabilities and the logits of that mean, which int8 would make infinite at probabilities of 0
-  or 1. ``--float-layer REGEX`` keeps float32 the layers whose TFLite tensor names (flax module
+  images of the run's training split prepared as its evaluation prepares them, on a graph of fixed
+  batch ``--batch-size`` (so each BatchNorm folds into its convolution, quantized per channel;
+  every format exports depthwise and 1x1 convolutions as such, ``layers.standard_convolutions``).
+  Input and output stay float32 (the graph quantizes its input), so a quantized model is called
+  exactly as the float one. What follows the network stays float32: the test-time augmentation's
+  mean of probabilities and the logits of that mean, which int8 would make infinite at
+  probabilities of 0 or 1. ``--float-layer REGEX`` keeps float32 the layers whose TFLite tensor names (flax module
   paths, "jit(forward)/UNet/UNet/UNet.encode/encoder/conv_stem/...") match, for a model that
   loses too much in int8. The card records the quantization under ``quantization`` (with the
   tensors kept float).
@@ -184,13 +184,13 @@ def export_function(fn: Callable[..., jax.Array], image_size: int, fmt: str,
         model = to_onnx(fn, [("N", *shape) for shape in shapes], model_name=name)
         path.write_bytes(model.SerializeToString())
         return graph(None)
-      tf_function = _tf_function(fn, shapes, None)
       if fmt == "savedmodel":
-        _save_tf(tf_function, path)
+        _save_tf(_tf_function(fn, shapes, None), path)
         return graph(None)
       if quantize != "int8":
         try:
-          path.write_bytes(_tflite(tf_function, quantize, calibration, 1, float_layers)[0])
+          path.write_bytes(_tflite(_tf_function(fn, shapes, None), quantize, calibration, 1,
+                                   float_layers)[0])
           return graph(None)
         except Exception:  # pylint: disable=broad-except  (e.g. strided slices need a static batch)
           pass

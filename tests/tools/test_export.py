@@ -156,8 +156,8 @@ def test_quantized_tflite_stays_close_to_jax(runs, tmp_path, key, quantize):
   if int8:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    operators = [op["op_name"] for op in
-                 tf.lite.Interpreter(model_path=str(out))._get_ops_details()]  # pylint: disable=protected-access
+    interpreter = tf.lite.Interpreter(model_path=str(out))
+    operators = [op["op_name"] for op in interpreter._get_ops_details()]  # pylint: disable=protected-access
     # every BatchNorm folded into its convolution (a dynamic batch left them as int8 broadcasts)
     assert "BROADCAST_TO" not in operators and not card["input"]["dynamic_batch"], operators
     assert saved["quantization"]["calibration"]["images"] == 5

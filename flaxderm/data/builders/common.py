@@ -75,8 +75,8 @@ MASK_MAX_AMBIGUOUS = 0.01
 IN_FLIGHT_PER_WORKER = 4
 # TFDS keeps examples in the order of their integer keys (disable_shuffling) and, once a split
 # passes IN_MEMORY_SPLIT_BYTES, sorts them into disk buckets by key / KEY_SPACE, reading one bucket
-# at a time when it writes the shards. Keys spread over the whole range keep those buckets small; keys 0, 1, 2, ...
-# would all land in the first bucket, read back into memory at once.
+# at a time when it writes the shards. Keys spread over the whole range keep those buckets small;
+# keys 0, 1, 2, ... would all land in the first bucket, read back into memory at once.
 KEY_SPACE = 2 ** 128
 # A split's examples stay in memory until they pass this many bytes, then go to those disk
 # buckets. TFDS's own threshold (shuffle.MAX_MEM_BUFFER_SIZE, 1 GB) made a preparation's peak

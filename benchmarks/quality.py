@@ -34,6 +34,11 @@ the second, the reference trains on the first and scores the second (``--test-ro
 tests/tools/test_heldout_pathway.py checks that flaxderm's two pathways score a fold alike.
 
   python benchmarks/quality.py isic_t3 --heldout-folds 5 --budget 900
+
+``--members M`` (with ``--heldout-folds``): flaxderm answers with a fold ensemble at the same total
+budget, as a user would build one: ``launch.py EXPERIMENT --folds M`` on the fold's training folder,
+each member trained for ``--budget / M`` s on its (M - 1) / M of the images, then ``launch.py
+evaluate --manual-dir`` scoring the mean of the members' probabilities on the held-out folder.
 """
 from __future__ import annotations
 
@@ -203,6 +208,11 @@ def heldout(args) -> bool:
   return bool(getattr(args, "heldout_folds", None))
 
 
+def ensemble_members(args) -> int | None:
+  """``--members``: how many fold models flaxderm's answer averages (None: one model)."""
+  return getattr(args, "members", None)
+
+
 def fold_overrides(args, fold: int | None, *, as_trained: bool = True) -> list[str]:
   """Split options of the run of ``fold``: fold ``fold`` of the K-fold split of --data-dir, or
   for --heldout-folds (``as_trained``) all of the folder of that fold's training images."""
@@ -223,8 +233,10 @@ def flaxderm_overrides(comparison: Comparison, args, index: int, fold: int | Non
   where = [f"data.manual_dir={(root / comparison.manual_dir).resolve()}"]
   if train_root is not None:
     where.append(f"data.data_dir={root.resolve().parent / 'tfds'}")
+  members = ensemble_members(args)
   return [f"--config.{o}" for o in (
-      *where, f"budget_s={args.budget}", f"seed={index}", "progress_bar=False",
+      *where, f"budget_s={args.budget / members if members else args.budget}", f"seed={index}",
+      "progress_bar=False",
       *comparison.overrides, *args.set, *fold_overrides(args, fold, as_trained=as_trained))]
 
 
@@ -341,7 +353,9 @@ def run_flaxderm(comparison: Comparison, args, scratch: Path, index: int,
   workdir = scratch / f"flaxderm_{index}"
   t = time.time()
   train_root, scored = folders or (None, None)
-  _run([sys.executable, "launch.py", comparison.experiment, "--workdir", str(workdir),
+  members = ensemble_members(args)
+  folds = ["--folds", str(members)] if members else []
+  _run([sys.executable, "launch.py", comparison.experiment, "--workdir", str(workdir), *folds,
         *flaxderm_overrides(comparison, args, index, fold, train_root=train_root)], ROOT,
        scratch / f"flaxderm_{index}.log")
   manual_dir = [] if scored is None else [
@@ -350,7 +364,9 @@ def run_flaxderm(comparison: Comparison, args, scratch: Path, index: int,
              ROOT, scratch / f"flaxderm_{index}_evaluate.log")
   metrics = json.loads(out.strip().splitlines()[-1])
   row = {column: metrics[key] for column, key, _ in comparison.metrics}
-  row["steps"] = json.loads((workdir / "results.json").read_text())["step"]
+  row["steps"] = sum(json.loads((run / "results.json").read_text())["step"]  # members: all
+                    for run in ([workdir] if not members else
+                                sorted(workdir.glob("fold_*"))))
   row["wall s"] = time.time() - t
   with open(workdir / "evaluation" / "cases.csv", newline="") as f:
     cases = list(csv.DictReader(f))
@@ -389,6 +405,8 @@ def pair_settings(comparison: Comparison, args, index: int, fold: int | None) ->
               "reference reused": bool(args.reference_from)}
   if heldout(args):
     settings["heldout folds"] = args.heldout_folds
+  if ensemble_members(args):
+    settings["ensemble members"] = ensemble_members(args)
   if fold is not None:
     held_out = json.dumps(fold_groups(comparison, args, fold)).encode()
     settings["held-out lesions sha256"] = hashlib.sha256(held_out).hexdigest()
@@ -439,13 +457,13 @@ def against_rows(directory: Path, comparison: Comparison, args) -> list[tuple[st
   budget, named after the directory: a second paired table, e.g. image + metadata against the
   image-only twin, both beside one reference."""
   rows = []
-  for index in range(args.folds or 0):
+  for index in range(args.folds or getattr(args, "heldout_folds", None) or 0):
     path = directory / f"pair_{index}.json"
     if not path.is_file():
       raise SystemExit(f"--against: {path} does not exist (run that comparison's folds first)")
     stored = json.loads(path.read_text())
     ours = pair_settings(comparison, args, index, index)
-    differing = [k for k in ("budget", "folds", "held-out lesions sha256")
+    differing = [k for k in ("budget", "folds", "heldout folds", "held-out lesions sha256")
                  if stored["settings"].get(k) != ours.get(k)]
     if differing:
       raise SystemExit(f"--against: {path} differs from this comparison in {', '.join(differing)}")
@@ -579,6 +597,9 @@ def main(argv: list[str]) -> int:
                  "fold's training lesions and is scored on a folder of its held-out lesions "
                  "(flaxderm: data.split=all, then evaluate --manual-dir; reference: --test-root)")
   p.add_argument("--budget", type=float, default=900.0, help="training wall clock per run, s")
+  p.add_argument("--members", type=int, metavar="M",
+                 help="with --heldout-folds: flaxderm trains a fold ensemble of M members of "
+                 "--budget / M s each (launch.py --folds M) and is scored by their mean")
   p.add_argument("--data-dir", default=str(SHARED / "data"), help="holds PH2Dataset/, ...")
   p.add_argument("--reference-dir", default=str(SHARED / "reference"))
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -614,8 +635,10 @@ def main(argv: list[str]) -> int:
   with_reference = not args.no_reference and not missing
   if missing and not args.no_reference:
     print(f"reference rows skipped: {', '.join(missing)} not installed")
-  if args.against and not args.folds:
-    p.error("--against pairs folds: give --folds")
+  if args.against and not folds:
+    p.error("--against pairs folds: give --folds or --heldout-folds")
+  if args.members is not None and (args.members < 2 or not args.heldout_folds):
+    p.error("--members M: an ensemble of at least 2 members, trained on --heldout-folds' folders")
   if args.pairs and not (with_reference or args.reference_from):
     print("--pairs stores reference and flaxderm runs together: it needs the reference rows")
     return 1
@@ -660,6 +683,8 @@ def main(argv: list[str]) -> int:
           f"- flaxderm: `python launch.py {comparison.experiment}` "
           + " ".join(f"--config.{o}" for o in (*comparison.overrides, *args.set,
                                                *(["data.split=all"] if heldout(args) else [])))
+          + (f" --folds {args.members} (a fold ensemble, {args.budget / args.members:g} s a "
+             "member)" if args.members else "")
           + (" on each fold's training folder, scored by `launch.py evaluate --manual-dir` on "
              "its held-out folder" if heldout(args) else "")
           + f"; reference: `{comparison.reference}`"

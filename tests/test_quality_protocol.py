@@ -177,6 +177,27 @@ def test_heldout_folds_train_on_all_of_the_folds_folder_and_split_by_the_kfold(t
   assert quality.flaxderm_config(T3, args, 1, 1).data.split == "all"
 
 
+
+def test_an_ensemble_answer_splits_the_budget_over_its_members(tmp_path):
+  args = pair_args(tmp_path)
+  args.heldout_folds, args.members = 5, 3
+  trained = quality.flaxderm_overrides(T3, args, 1, 1, train_root=tmp_path / "heldout_1" / "train")
+  assert "--config.budget_s=100.0" in trained and "--config.data.split=all" in trained
+  settings = quality.pair_settings(T3, args, 1, None)
+  assert settings["ensemble members"] == 3
+  assert settings["flaxderm config"]["budget_s"] == 100.0
+  args.members = None
+  assert "ensemble members" not in quality.pair_settings(T3, args, 1, None)
+
+
+@pytest.mark.parametrize("options", [["--members", "3"], ["--folds", "5", "--members", "3"],
+                                     ["--heldout-folds", "5", "--members", "1"]])
+def test_an_ensemble_answer_needs_heldout_folders_and_two_members(options, tmp_path, capsys):
+  (tmp_path / "data").mkdir()
+  with pytest.raises(SystemExit):
+    quality.main(["isic_t3", "--data-dir", str(tmp_path / "data"), "--no-reference", *options])
+  assert "--members M: an ensemble of at least 2 members" in capsys.readouterr().err
+
 def test_isic_t3_subset_keeps_the_ground_truth_order_and_links_the_images(tmp_path):
   source = tmp_path / "data" / quality.ISIC_T3_TEST
   (source / quality.ISIC_T3_INPUT).mkdir(parents=True)

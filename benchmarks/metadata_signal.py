@@ -19,7 +19,6 @@ the metadata model never saw the image; it bounds what a jointly trained head le
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import shlex
 import statistics
@@ -31,35 +30,31 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 import environment  # benchmarks/environment.py, beside this script
+from flaxderm.data import metadata
+from flaxderm.tools import evaluate
+from flaxderm.tools import experiment
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("jax", "scikit-learn")
 SYSTEMS = ("image model", "metadata model", "late fusion")
 
 
 def read_fold(keep: Path, fold: int) -> list[dict[str, str]]:
-  path = keep / f"flaxderm_{fold}" / "evaluation" / "cases.csv"
+  path = keep / f"flaxderm_{fold}" / evaluate.EVALUATION_DIR / evaluate.CASES
   if not path.is_file():
     raise SystemExit(f"{path} does not exist: give the --keep folder of a quality.py --folds run")
-  with open(path, newline="", encoding="utf-8") as f:
-    return list(csv.DictReader(f))
+  return evaluate.read_cases(path)
 
 
-def metadata_fields(experiment: str) -> tuple[str, ...]:
-  sys.path.insert(0, str(ROOT))
-  from flaxderm.tools import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
-
-  fields = tuple(experiment_lib.experiment_config(experiment, []).data.metadata)
+def metadata_fields(name: str) -> tuple[str, ...]:
+  fields = tuple(experiment.experiment_config(name, []).data.metadata)
   if not fields:
-    raise SystemExit(f"{experiment} takes no metadata (data.metadata is empty)")
+    raise SystemExit(f"{name} takes no metadata (data.metadata is empty)")
   return fields
 
 
 def fold_scores(train: list[dict[str, str]], test: list[dict[str, str]],
                 fields: tuple[str, ...], regularisation: float) -> dict[str, tuple[float, float]]:
   """(balanced accuracy, macro AUC) of each of ``SYSTEMS`` on ``test``."""
-  from flaxderm.data import metadata  # pylint: disable=g-import-not-at-top
-
   missing = [f for f in fields if f not in test[0]]
   if missing:
     raise SystemExit(f"cases.csv has no column for the fields {missing}")
@@ -87,9 +82,9 @@ def _mean_std(values: list[float]) -> str:
 def report(scores: list[dict[str, tuple[float, float]]]) -> str:
   lines = ["| fold | " + " | ".join(f"{s}: balanced accuracy / macro AUC" for s in SYSTEMS)
            + " | late fusion minus image: balanced accuracy |", "|---|" + "---|" * 4]
-  for fold, fold_scores_ in enumerate(scores):
-    cells = [f"{fold_scores_[s][0]:.4f} / {fold_scores_[s][1]:.4f}" for s in SYSTEMS]
-    gain = fold_scores_[SYSTEMS[2]][0] - fold_scores_[SYSTEMS[0]][0]
+  for fold, scored in enumerate(scores):
+    cells = [f"{scored[s][0]:.4f} / {scored[s][1]:.4f}" for s in SYSTEMS]
+    gain = scored[SYSTEMS[2]][0] - scored[SYSTEMS[0]][0]
     lines.append(f"| {fold} | " + " | ".join(cells) + f" | {gain:+.4f} |")
   column = lambda s, m: [f[s][m] for f in scores]
   gains = [a - b for a, b in zip(column(SYSTEMS[2], 0), column(SYSTEMS[0], 0))]

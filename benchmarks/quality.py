@@ -354,8 +354,9 @@ def run_flaxderm(comparison: Comparison, args, scratch: Path, index: int,
   t = time.time()
   train_root, scored = folders or (None, None)
   members = ensemble_members(args)
-  folds = ["--folds", str(members)] if members else []
-  _run([sys.executable, "launch.py", comparison.experiment, "--workdir", str(workdir), *folds,
+  cross_validation = ["--folds", str(members)] if members else []
+  _run([sys.executable, "launch.py", comparison.experiment, "--workdir", str(workdir),
+        *cross_validation,
         *flaxderm_overrides(comparison, args, index, fold, train_root=train_root)], ROOT,
        scratch / f"flaxderm_{index}.log")
   manual_dir = [] if scored is None else [

@@ -28,8 +28,8 @@ augmentation inside, the mean of the folds for a cross-validation run). Preparin
   mean of probabilities and the logits of that mean, which int8 would make infinite at
   probabilities of 0 or 1. ``--float-layer REGEX`` keeps float32 the layers whose TFLite tensor
   names (flax module paths, "jit(forward)/UNet/UNet/UNet.encode/encoder/conv_stem/...") match, for
-  a model that loses too much in int8. The card records the quantization under ``quantization`` (with the
-  tensors kept float).
+  a model that loses too much in int8. The card records the quantization under ``quantization``
+  (with the tensors kept float).
 
 Beside ``PATH``: ``PATH.card.md`` and ``PATH.card.json``, the model card (architecture, weights,
 training data, metrics, input size and normalisation, class names, intended use). A model that a

@@ -9,8 +9,8 @@ Besides what a variant is (task, family, input sizes), its registration declares
 flaxderm needs to know about it, so that a new architecture is its file alone:
 
 * ``test_options``: the small configuration tests/models/test_models.py compiles, runs and
-  differentiates for the family (``{}``: the defaults). One variant per family declares it; the
-  others are traced only.
+  differentiates for the family, and tests/tools/test_explain.py explains (``{}``: the defaults).
+  One variant per family declares it; the others are traced only.
 * ``gradcam_layer``: a regex over module paths inside the model (inside the encoder, when the
   model is a segmentation model's encoder) naming the default Grad-CAM layers, the last match
   winning; None: the default rule (the coarsest top-level map) suits it.

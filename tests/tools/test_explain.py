@@ -98,12 +98,12 @@ def test_targets_of_binary_logits_and_of_segmentation_masks():
 # Every family.
 
 
-def _smallest_variant(family: str) -> str:
-  def size(name):
-    shapes = jax.eval_shape(create_model(name, num_classes=3).init, jax.random.key(0),
-                            jnp.zeros((1, SIDE, SIDE, 3)))
-    return sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
-  return min(list_models(task="classification", family=family), key=size)
+def _test_variant(family: str) -> tuple[str, dict]:
+  """The variant of ``family`` that the shared model tests run, and its narrowing options
+  (``test_options`` at registration): the family's layers, a fraction of the compile time."""
+  return next((n, dict(model_entry(n).test_options))
+              for n in list_models(task="classification", family=family)
+              if model_entry(n).test_options is not None)
 
 
 # Every family's classifier takes 96 px (Inception and Xception's unpadded stems need > 64).
@@ -114,8 +114,8 @@ FAMILIES = sorted({model_entry(n).family for n in list_models(task="classificati
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_default_layer_of_every_classifier_family_reaches_the_target(family):
-  name, side = _smallest_variant(family), SIDE
-  model = create_model(name, num_classes=3)
+  (name, options), side = _test_variant(family), SIDE
+  model = create_model(name, num_classes=3, **options)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, side, side, 3)), jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(0), x)
   layers = attribution.cam_layers(model, variables, x)

@@ -351,6 +351,8 @@ def run_flaxderm(comparison: Comparison, args, scratch: Path, index: int,
   """flaxderm's run ``index`` (on --data-dir with ``fold``'s split, or on ``folders[0]``),
   scored by ``launch.py evaluate`` on its validation split (or ``--manual-dir`` ``folders[1]``)."""
   workdir = scratch / f"flaxderm_{index}"
+  if workdir.exists():  # a run left in --keep by an earlier, interrupted comparison
+    shutil.rmtree(workdir)
   t = time.time()
   train_root, scored = folders or (None, None)
   members = ensemble_members(args)

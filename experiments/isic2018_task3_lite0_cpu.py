@@ -24,6 +24,9 @@ What differs:
 Results (benchmarks/RESULTS.md, the "quality: isic_t3" sections, 2026-12-03/04: paired 5-fold
 lesion-grouped tables at 180, 300 and 900 s and the ablations named above): level with the
 reference on balanced accuracy (900 s: -0.013, paired std 0.063), ahead on macro AUC (+0.006).
+Trained on each fold's lesions as a folder of their own and scored on the held-out folder
+(``quality.py isic_t3 --heldout-folds 5 --budget 900``, 2026-12-07): behind on balanced accuracy
+(-0.048, std 0.042, 5 of 5 folds), level on macro AUC (+0.004); its decisions lean to nv.
 """
 from flaxderm.train import config as config_lib
 

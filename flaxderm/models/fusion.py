@@ -12,6 +12,11 @@ classification model (its ``backbone``, built with ``num_classes=0``) and a meta
   backbone's coarsest feature map, ``features_only=True``, which for a family with
   ``features_include_head`` should include its head conv), the map is gated as
   ``sigmoid(tanh(features * f) + g)``, then pooled and classified.
+* ``"late"``: a linear classifier of the metadata whose logits add to the image classifier's, so
+  the predicted distribution is the normalised product of the two classifiers' evidence: the
+  product of an image model and a metadata logistic regression that
+  ``benchmarks/metadata_signal.py`` measures, trained jointly. Its weights start at zero, so
+  training starts from the image classifier alone.
 
 The backbone's parameters sit under ``backbone``, so its pretrained weights load there; the wrapper
 works for every classification family through the encoder contract (pooled features at
@@ -25,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-FUSIONS = ("concat", "metablock")
+FUSIONS = ("concat", "metablock", "late")
 BACKBONE = "backbone"  # the field, hence the name of the backbone's parameters
 
 
@@ -62,19 +67,25 @@ class MetadataFusion(nn.Module):
       y = nn.Dense(features, dtype=self.dtype, name=f"{name}_dense")(y)
       return nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"{name}_norm")(y)
 
-    if self.fusion == "concat":
-      pooled = backbone(x, train)
-      m = metadata
-      for i in range(2):
-        m = nn.Dropout(self.drop_rate, deterministic=not train)(
-            nn.relu(dense_norm(m, self.hidden, f"metadata_{i}")))
-      features = jnp.concatenate([pooled, m.astype(pooled.dtype)], axis=-1)
-    else:
+    if self.fusion == "metablock":
       maps = [m for m in backbone(x, train, features_only=True) if m.shape[-1]][-1]
       channels = maps.shape[-1]
       scale = dense_norm(metadata, channels, "metablock_f")[:, None, None, :]
       shift = dense_norm(metadata, channels, "metablock_g")[:, None, None, :]
       gated = nn.sigmoid(nn.tanh(maps * scale) + shift)
       features = jnp.mean(gated, axis=(1, 2))
+    else:
+      features = backbone(x, train)
+    if self.fusion == "concat":
+      m = metadata
+      for i in range(2):
+        m = nn.Dropout(self.drop_rate, deterministic=not train)(
+            nn.relu(dense_norm(m, self.hidden, f"metadata_{i}")))
+      features = jnp.concatenate([features, m.astype(features.dtype)], axis=-1)
     features = nn.Dropout(self.drop_rate, deterministic=not train)(features)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
+    if self.fusion == "late":
+      metadata_logits = nn.Dense(self.num_classes, dtype=self.dtype,
+                                 kernel_init=nn.initializers.zeros, name="metadata_head")(metadata)
+      logits = logits + metadata_logits.astype(logits.dtype)
+    return logits

@@ -1,5 +1,6 @@
-"""``MetadataFusion``: both fusion heads on a few classifier families (logit shapes, gradients
-reaching the metadata parameters), and MetaBlock's gating against its formula."""
+"""``MetadataFusion``: every fusion head on a few classifier families (logit shapes, gradients
+reaching the metadata parameters), MetaBlock's gating and late fusion's sum against their
+formulas."""
 from __future__ import annotations
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from flaxderm.models import create_model
+from flaxderm.models import fusion as fusion_lib
 from flaxderm.models.fusion import MetadataFusion
 
 FAMILIES = [("resnet18", {"depths": (1, 1, 1, 1)}),
@@ -20,7 +22,7 @@ def _init(model, x, m):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fusion", ["concat", "metablock"])
+@pytest.mark.parametrize("fusion", fusion_lib.FUSIONS)
 @pytest.mark.parametrize("name, options", FAMILIES)
 def test_fusion_heads_train_their_metadata_parameters(name, options, fusion):
   backbone = create_model(name, num_classes=0, **options)
@@ -40,8 +42,12 @@ def test_fusion_heads_train_their_metadata_parameters(name, options, fusion):
   metadata_grads = {k: v for k, v in grads.items() if k.startswith(("metadata", "metablock"))}
   assert metadata_grads
   assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(metadata_grads))
-  # the metadata changes the prediction
-  infer = jax.jit(lambda metadata: model.apply(variables, x, metadata, train=False))
+  # after a step of the metadata parameters (late fusion's start at zero) the metadata changes
+  # the prediction
+  stepped = {**variables, "params": {**variables["params"], **jax.tree.map(
+      lambda p, g: p - 0.1 * jnp.sign(g),
+      {k: variables["params"][k] for k in metadata_grads}, metadata_grads)}}
+  infer = jax.jit(lambda metadata: model.apply(stepped, x, metadata, train=False))
   assert not np.allclose(infer(m), infer(m + 1.0))
 
 
@@ -66,6 +72,24 @@ def test_metablock_gates_the_coarsest_map():
   np.testing.assert_allclose(model.apply(variables, x, m), expected, atol=1e-5)
 
 
+def test_late_fusion_adds_a_linear_metadata_classifier_starting_at_zero():
+  backbone = create_model("resnet18", num_classes=0, depths=(1, 1, 1, 1))
+  model = MetadataFusion(backbone=backbone, num_classes=3, fusion="late")
+  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  m = jax.random.normal(jax.random.key(3), (2, 4))
+  variables = _init(model, x, m)
+  p = variables["params"]
+  assert not np.any(p["metadata_head"]["kernel"])
+  pooled = backbone.apply({"params": p["backbone"], "batch_stats": variables["batch_stats"]
+                           ["backbone"]}, x)
+  image_logits = pooled @ p["head"]["kernel"] + p["head"]["bias"]
+  np.testing.assert_allclose(model.apply(variables, x, m), image_logits, atol=1e-5)
+  kernel = jax.random.normal(jax.random.key(4), (4, 3))
+  p = {**p, "metadata_head": {"kernel": kernel, "bias": jnp.ones(3)}}
+  np.testing.assert_allclose(model.apply({**variables, "params": p}, x, m),
+                             image_logits + m @ kernel + 1.0, atol=1e-5)
+
+
 def test_backbone_with_a_head_and_bad_metadata_are_errors():
   x = jnp.zeros((2, 32, 32, 3))
   with pytest.raises(ValueError, match="num_classes=0"):
@@ -80,10 +104,9 @@ def test_backbone_with_a_head_and_bad_metadata_are_errors():
 
 
 def test_the_config_names_the_same_fusions():
-  from flaxderm.models import fusion  # pylint: disable=g-import-not-at-top
   from flaxderm.train import config as config_lib  # pylint: disable=g-import-not-at-top
 
-  assert config_lib.METADATA_FUSIONS == fusion.FUSIONS
+  assert config_lib.METADATA_FUSIONS == fusion_lib.FUSIONS
   cfg = config_lib.default_config()
   cfg.model.metadata_fusion = "gate"
   with pytest.raises(ValueError, match="config.model.metadata_fusion: 'gate' is not one of"):

@@ -51,16 +51,23 @@ def test_fusion_heads_train_their_metadata_parameters(name, options, fusion):
   assert not np.allclose(infer(m), infer(m + 1.0))
 
 
-@pytest.mark.slow
-def test_metablock_gates_the_coarsest_map():
+def _tiny_resnet_fusion(fusion, num_classes, side):
+  """(model, images, metadata, variables, backbone) with a one-block-per-stage ResNet-18 and the
+  backbone applied alone to the model's backbone variables (``backbone(**kwargs)``)."""
   backbone = create_model("resnet18", num_classes=0, depths=(1, 1, 1, 1))
-  model = MetadataFusion(backbone=backbone, num_classes=2, fusion="metablock")
-  x = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
+  model = MetadataFusion(backbone=backbone, num_classes=num_classes, fusion=fusion)
+  x = jax.random.normal(jax.random.key(2), (2, side, side, 3))
   m = jax.random.normal(jax.random.key(3), (2, 4))
   variables = _init(model, x, m)
+  backbone_variables = {c: variables[c]["backbone"] for c in ("params", "batch_stats")}
+  return model, x, m, variables, lambda **kwargs: backbone.apply(backbone_variables, x, **kwargs)
+
+
+@pytest.mark.slow
+def test_metablock_gates_the_coarsest_map():
+  model, x, m, variables, backbone = _tiny_resnet_fusion("metablock", 2, 64)
   p = variables["params"]
-  maps = backbone.apply({"params": p["backbone"], "batch_stats": variables["batch_stats"]
-                         ["backbone"]}, x, features_only=True)[-1]
+  maps = backbone(features_only=True)[-1]
 
   def dense_norm(name):  # running mean 0, variance 1 at init
     y = m @ p[f"{name}_dense"]["kernel"] + p[f"{name}_dense"]["bias"]
@@ -73,16 +80,10 @@ def test_metablock_gates_the_coarsest_map():
 
 
 def test_late_fusion_adds_a_linear_metadata_classifier_starting_at_zero():
-  backbone = create_model("resnet18", num_classes=0, depths=(1, 1, 1, 1))
-  model = MetadataFusion(backbone=backbone, num_classes=3, fusion="late")
-  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-  m = jax.random.normal(jax.random.key(3), (2, 4))
-  variables = _init(model, x, m)
+  model, x, m, variables, backbone = _tiny_resnet_fusion("late", 3, 32)
   p = variables["params"]
   assert not np.any(p["metadata_head"]["kernel"])
-  pooled = backbone.apply({"params": p["backbone"], "batch_stats": variables["batch_stats"]
-                           ["backbone"]}, x)
-  image_logits = pooled @ p["head"]["kernel"] + p["head"]["bias"]
+  image_logits = backbone() @ p["head"]["kernel"] + p["head"]["bias"]
   np.testing.assert_allclose(model.apply(variables, x, m), image_logits, atol=1e-5)
   kernel = jax.random.normal(jax.random.key(4), (4, 3))
   p = {**p, "metadata_head": {"kernel": kernel, "bias": jnp.ones(3)}}

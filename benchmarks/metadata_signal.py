@@ -14,7 +14,9 @@ data: the fields of ``--experiment``'s ``data.metadata``, encoded as its runs en
 vectors and renormalises (a sum of log-probabilities). Prints, and appends to RESULTS.md, per fold
 and as mean (std) over folds: balanced accuracy and macro one-vs-rest AUC of the image model, the
 metadata model and their product. Not a flaxderm recipe: the image model never saw the metadata and
-the metadata model never saw the image; it bounds what a jointly trained head leaves unused.
+the metadata model never saw the image; it estimates what a jointly trained head leaves unused.
+Both models carry balanced class weights, so their product favours the rare classes twice: part
+of its balanced-accuracy gain is that second correction, not the metadata.
 """
 from __future__ import annotations
 

@@ -35,6 +35,15 @@ tests/tools/test_heldout_pathway.py checks that flaxderm's two pathways score a 
 
   python benchmarks/quality.py isic_t3 --heldout-folds 5 --budget 900
 
+``--rescore DIR``: no training. The flaxderm runs kept (``--keep``) in DIR by an earlier
+comparison of the same folds and budget are scored again by ``launch.py evaluate`` with the
+scoring options of this call's config (``--set eval.logit_adjustment_tau=1``, ``eval.tta``,
+``final_params``, ``use_ema``), beside DIR's reference rows: an ablation of how a run is scored,
+paired with the runs it rescored. Every other key of the kept runs' configs must equal this call's.
+
+  python benchmarks/quality.py isic_t3 --heldout-folds 5 --budget 900 --rescore /var/tmp/heldout900 \
+      --set eval.logit_adjustment_tau=1 --label "flaxderm, logit-adjusted"
+
 ``--members M`` (with ``--heldout-folds``): flaxderm answers with a fold ensemble at the same total
 budget, as a user would build one: ``launch.py EXPERIMENT --folds M`` on the fold's training folder,
 each member trained for ``--budget / M`` s on its (M - 1) / M of the images, then ``launch.py
@@ -346,31 +355,65 @@ def reuse_reference(comparison: Comparison, args, index: int, fold: int | None) 
                            lesions), "wall s": float("nan")}
 
 
+# How a run is scored, not what it learnt: --rescore may change them (launch.py evaluate's flags).
+SCORING_OPTIONS = {"eval.tta": "--tta", "eval.logit_adjustment_tau": "--logit-adjustment",
+                   "final_params": "--params", "use_ema": "--ema"}
+# What training derives from the pretrained weights or the data and records in the run's config
+# (flaxderm.train.setup.with_input_normalization, with_metadata_vocabulary): not compared.
+DERIVED_KEYS = ("data.normalization", "data.mean", "data.std", "data.metadata_vocabulary")
+
+
+def rescored_run(comparison: Comparison, args, index: int, fold: int | None) -> tuple[Path, list]:
+  """(the kept run ``index`` of --rescore, the ``launch.py evaluate`` flags that score it with this
+  call's scoring options); SystemExit naming the keys where its config differs otherwise."""
+  workdir = Path(args.rescore) / f"flaxderm_{index}"
+  if not (workdir / "config.json").is_file():
+    raise SystemExit(f"--rescore: {workdir} holds no flaxderm run")
+  wanted = _flat(json.loads(flaxderm_config(comparison, args, index, fold).to_json_best_effort()))
+  kept = _flat(json.loads((workdir / "config.json").read_text()))
+  ignored = (*PATH_KEYS, *SCORING_OPTIONS, *DERIVED_KEYS)
+  differing = sorted(k for k in wanted if k in kept and kept[k] != wanted[k]
+                     and not k.startswith(ignored))
+  if differing:
+    raise SystemExit(f"--rescore: {workdir} trained with other settings: "
+                     + ", ".join(f"{k}={kept[k]!r} (here {wanted[k]!r})" for k in differing[:5]))
+  flags = []
+  for key, flag in SCORING_OPTIONS.items():
+    value = wanted[key]
+    flags += ([f"--{'' if value else 'no-'}ema"] if isinstance(value, bool) else [flag, str(value)])
+  return workdir, flags
+
+
 def run_flaxderm(comparison: Comparison, args, scratch: Path, index: int,
                  fold: int | None = None, folders: tuple[Path, Path] | None = None) -> dict:
-  """flaxderm's run ``index`` (on --data-dir with ``fold``'s split, or on ``folders[0]``),
-  scored by ``launch.py evaluate`` on its validation split (or ``--manual-dir`` ``folders[1]``)."""
-  workdir = scratch / f"flaxderm_{index}"
-  if workdir.exists():  # a run left in --keep by an earlier, interrupted comparison
-    shutil.rmtree(workdir)
+  """flaxderm's run ``index`` (on --data-dir with ``fold``'s split, or on ``folders[0]``; with
+  --rescore, the kept one), scored by ``launch.py evaluate`` on its validation split (or
+  ``--manual-dir`` ``folders[1]``)."""
   t = time.time()
   train_root, scored = folders or (None, None)
   members = ensemble_members(args)
-  cross_validation = ["--folds", str(members)] if members else []
-  _run([sys.executable, "launch.py", comparison.experiment, "--workdir", str(workdir),
-        *cross_validation,
-        *flaxderm_overrides(comparison, args, index, fold, train_root=train_root)], ROOT,
-       scratch / f"flaxderm_{index}.log")
+  scoring = []
+  if getattr(args, "rescore", None):
+    workdir, scoring = rescored_run(comparison, args, index, fold)
+  else:
+    workdir = scratch / f"flaxderm_{index}"
+    if workdir.exists():  # a run left in --keep by an earlier, interrupted comparison
+      shutil.rmtree(workdir)
+    cross_validation = ["--folds", str(members)] if members else []
+    _run([sys.executable, "launch.py", comparison.experiment, "--workdir", str(workdir),
+          *cross_validation,
+          *flaxderm_overrides(comparison, args, index, fold, train_root=train_root)], ROOT,
+         scratch / f"flaxderm_{index}.log")
   manual_dir = [] if scored is None else [
       "--manual-dir", str((scored / comparison.manual_dir).resolve())]
-  out = _run([sys.executable, "launch.py", "evaluate", "--workdir", str(workdir), *manual_dir],
-             ROOT, scratch / f"flaxderm_{index}_evaluate.log")
+  out = _run([sys.executable, "launch.py", "evaluate", "--workdir", str(workdir), *manual_dir,
+              *scoring], ROOT, scratch / f"flaxderm_{index}_evaluate.log")
   metrics = json.loads(out.strip().splitlines()[-1])
   row = {column: metrics[key] for column, key, _ in comparison.metrics}
   row["steps"] = sum(json.loads((run / "results.json").read_text())["step"]  # members: all
                     for run in ([workdir] if not members else
                                 sorted(workdir.glob("fold_*"))))
-  row["wall s"] = time.time() - t
+  row["wall s"] = float("nan") if scoring else time.time() - t
   with open(workdir / "evaluation" / "cases.csv", newline="") as f:
     cases = list(csv.DictReader(f))
   if cases and "label" in cases[0]:
@@ -406,6 +449,8 @@ def pair_settings(comparison: Comparison, args, index: int, fold: int | None) ->
               "flaxderm config": {k: v for k, v in config.items() if k not in PATH_KEYS},
               "reference code sha256": code.hexdigest(),
               "reference reused": bool(args.reference_from)}
+  if getattr(args, "rescore", None):
+    settings["rescored"] = True
   if heldout(args):
     settings["heldout folds"] = args.heldout_folds
   if ensemble_members(args):
@@ -613,6 +658,11 @@ def main(argv: list[str]) -> int:
                  help="reuse the reference runs kept (--keep) in DIR by an earlier comparison with "
                  "the same folds and budget instead of running them again: for ablations of the "
                  "flaxderm recipe; final tables run both systems, alternating")
+  p.add_argument("--rescore", metavar="DIR",
+                 help="score the flaxderm runs kept (--keep) in DIR by an earlier comparison of "
+                 "the same folds and budget again, with this call's scoring options (eval.tta, "
+                 "eval.logit_adjustment_tau, final_params, use_ema), beside DIR's reference "
+                 "rows: no training")
   p.add_argument("--pairs", metavar="DIR",
                  help="save each finished pair of runs (reference and flaxderm of one fold) to "
                  "DIR/pair_<i>.json and read back the pairs DIR already holds for the same "
@@ -642,6 +692,10 @@ def main(argv: list[str]) -> int:
     p.error("--against pairs folds: give --folds or --heldout-folds")
   if args.members is not None and (args.members < 2 or not args.heldout_folds):
     p.error("--members M: an ensemble of at least 2 members, trained on --heldout-folds' folders")
+  if args.rescore and args.members:
+    p.error("--rescore scores single runs again; --members' ensembles are not supported")
+  if args.rescore:
+    args.reference_from = args.reference_from or args.rescore
   if args.pairs and not (with_reference or args.reference_from):
     print("--pairs stores reference and flaxderm runs together: it needs the reference rows")
     return 1
@@ -692,7 +746,9 @@ def main(argv: list[str]) -> int:
              "its held-out folder" if heldout(args) else "")
           + f"; reference: `{comparison.reference}`"
           + (" --test-root" if heldout(args) else "")
-          + "; held-out scores from the final parameters\n"
+          + "; held-out scores from the final parameters"
+          + (f" (rescored: the runs kept in `{args.rescore}`, not trained again)"
+             if args.rescore else "") + "\n"
           + (f"- pairs read back from `{args.pairs}`: {'; '.join(read_back)}\n"
              if read_back else "") + "\n"
           + table(comparison, rows, args.budget) + "\n")

@@ -18,7 +18,7 @@ classifier's logits to the image classifier's (with ``--config.optimizer.lr=3e-3
 --config.optimizer.encoder_lr_scale=0.1`` on both twins, 5 folds at 240 s: macro AUC 0.920
 against 0.882, balanced accuracy 0.624 against 0.615; benchmarks/RESULTS.md, 2026-12-07).
 """
-from . import pad_ufes20_cpu
+from ._lite0_cpu import pad_ufes20
 from ._metadata import with_metadata
 
 FIELDS = ("age", "sex", "site", "fitzpatrick", "smoke", "drink", "background_father",
@@ -28,4 +28,4 @@ FIELDS = ("age", "sex", "site", "fitzpatrick", "smoke", "drink", "background_fat
 
 
 def get_config(arg=None):
-  return with_metadata(pad_ufes20_cpu.get_config(), FIELDS, "metablock", arg)
+  return with_metadata(pad_ufes20(), FIELDS, "metablock", arg)

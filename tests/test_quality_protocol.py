@@ -109,6 +109,30 @@ def test_pair_settings_follow_the_recipe_and_the_reference_code_not_the_data_pat
           != settings["reference code sha256"])
 
 
+def test_rescoring_scores_kept_runs_with_this_calls_scoring_options_only(tmp_path):
+  """--rescore: a kept run whose config differs from this call's only in how it is scored (and
+  in what training derives) is scored again with this call's options; any other key refuses."""
+  kept_args = pair_args(tmp_path)
+  kept = json.loads(quality.flaxderm_config(T3, kept_args, 0, None).to_json_best_effort())
+  kept["data"]["mean"] = [0.5, 0.5, 0.5]  # derived by training from the pretrained weights
+  run = tmp_path / "kept" / "flaxderm_0"
+  run.mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps(kept))
+  args = pair_args(tmp_path, "eval.logit_adjustment_tau=1", "eval.tta=flips")
+  args.rescore = str(tmp_path / "kept")
+  workdir, flags = quality.rescored_run(T3, args, 0, None)
+  assert workdir == run
+  assert flags == ["--tta", "flips", "--logit-adjustment", "1.0", "--params", "last", "--no-ema"]
+  assert quality.pair_settings(T3, args, 0, None)["rescored"] is True
+
+  kept["seed"] = 7
+  (run / "config.json").write_text(json.dumps(kept))
+  with pytest.raises(SystemExit, match=r"trained with other settings: seed=7 \(here 0\)"):
+    quality.rescored_run(T3, args, 0, None)
+  with pytest.raises(SystemExit, match="flaxderm_1 holds no flaxderm run"):
+    quality.rescored_run(T3, args, 1, None)
+
+
 def test_stored_pairs_read_back_whole_and_refuse_other_settings(tmp_path):
   settings = {"budget": 900.0, "flaxderm config": {"data.image_size": 192}}
   cases = (np.array([0, 1, 2]), np.array([0, 1, 1]))

@@ -131,6 +131,16 @@ def split_groups(cfg: Mapping[str, Any], name: str) -> list[str]:
   return [groups[i] for i in indices]
 
 
+def split_label_counts(cfg: Mapping[str, Any], name: str, num_classes: int) -> np.ndarray:
+  """How many records of split ``name`` each class holds (int64, ``num_classes`` long)."""
+  source = sources.open_source(cfg)
+  base, indices = resolve_split(source, cfg, name)
+  _, labels = split_metadata(source, base)
+  if labels is None:
+    raise ValueError(f"dataset {cfg['name']!r} has no class labels to count")
+  return np.bincount(labels[indices], minlength=num_classes).astype(np.int64)
+
+
 def split_ids(cfg: Mapping[str, Any], name: str) -> list[str]:
   """The case id of every record of split ``name`` (e.g. the cases a run trained on)."""
   return [sources.record_text(r["id"]) for r in _split_records(cfg, name)]

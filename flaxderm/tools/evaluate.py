@@ -2,12 +2,14 @@
 
     python launch.py evaluate --workdir RUN [--manual-dir DIR [--dataset NAME]
         [--class-map FROM=TO,...]] [--params last|best] [--ema | --no-ema] [--tta none|hflip|flips]
+        [--logit-adjustment TAU]
         [--by sex,age,site,... [--age-bands 0,30,45,60,75] [--min-cases 10] [--samples 2000]
          [--seed 0]]
 
 which loads the run's config and its final parameters (``config.final_params``,
-``config.use_ema`` and ``config.eval.tta`` unless the flags say otherwise: one run scored with and
-without its EMA or test-time augmentation is how those ingredients are ablated) and scores them on
+``config.use_ema``, ``config.eval.tta`` and ``config.eval.logit_adjustment_tau`` unless the flags
+say otherwise: one run scored with and without its EMA, test-time augmentation or post-hoc logit
+adjustment is how those ingredients are ablated) and scores them on
 the run's validation set, or -- with ``--manual-dir`` -- on all of the dataset found in DIR (same
 layout as the official release), prepared into a temporary folder so no other prepared copy is
 read. ``--dataset NAME`` reads DIR with another builder than the run trained on (a PH2
@@ -80,7 +82,10 @@ EVALUATION_DIR = "evaluation"
 CASES, METRICS, CV_METRICS = "cases.csv", "metrics.json", "cv_metrics.json"
 SUBGROUPS = "subgroups.json"
 # What an evaluation scored, as its metrics file records it: another value is another evaluation.
-SCORING_KEYS = ("dataset", "split", "manual_dir", "class_map", "params", "ema", "tta", "step")
+SCORING_KEYS = ("dataset", "split", "manual_dir", "class_map", "params", "ema", "tta",
+                "logit_adjustment", "step")
+# What an evaluation recorded before a scoring key existed scored with its default.
+SCORING_DEFAULTS = {"logit_adjustment": 0.0}
 
 
 def _auc(rows: list[dict[str, Any]], class_names: tuple[str, ...]) -> dict[str, float]:
@@ -109,7 +114,7 @@ def recorded_scoring(out: Path) -> dict[str, Any] | None:
   for name in (METRICS, CV_METRICS):
     if (out / name).is_file():
       saved = json.loads((out / name).read_text())
-      return {key: saved.get(key) for key in SCORING_KEYS}
+      return {key: saved.get(key, SCORING_DEFAULTS.get(key)) for key in SCORING_KEYS}
   return None
 
 
@@ -124,7 +129,9 @@ def _scoring_name(identity: Mapping[str, Any]) -> str:
                                        .encode()).hexdigest()[:6])
   steps = np.atleast_1d(identity["step"] if identity["step"] is not None else [])
   parts = [identity["dataset"], identity["split"], *where, identity["params"],
-           f"ema-{identity['ema']}", f"tta-{identity['tta']}", "step-" + "-".join(map(str, steps))]
+           f"ema-{identity['ema']}", f"tta-{identity['tta']}",
+           *([f"la-{identity['logit_adjustment']:g}"] if identity.get("logit_adjustment") else []),
+           "step-" + "-".join(map(str, steps))]
   return re.sub(r"[^\w.+-]", "-", "_".join(map(str, parts)))
 
 
@@ -250,7 +257,8 @@ def _scoring_data(cfg: ml_collections.ConfigDict, manual_dir: str | None, scratc
 def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
                  dataset: str | None = None, class_map: Mapping[str, str] | None = None,
                  params: str | None = None, use_ema: bool | None = None,
-                 tta: str | None = None, batch_size: int | None = None) -> dict[str, float]:
+                 tta: str | None = None, logit_adjustment: float | None = None,
+                 batch_size: int | None = None) -> dict[str, float]:
   """Scores a training run's final parameters, or a cross-validation run's folds; see the module
   docstring. Returns the metrics.
 
@@ -262,7 +270,7 @@ def evaluate_run(workdir: str | Path, *, manual_dir: str | None = None,
   workdir = Path(workdir).resolve()
   runs = run_lib.run_directories(workdir)
   options = dict(dataset=dataset, class_map=class_map, params=params, use_ema=use_ema, tta=tta,
-                 batch_size=batch_size)
+                 logit_adjustment=logit_adjustment, batch_size=batch_size)
   if runs == [workdir]:
     return _score(runs, workdir / EVALUATION_DIR, manual_dir=manual_dir, **options)
   return _evaluate_cross_validation(workdir, runs, manual_dir=manual_dir, **options)
@@ -306,8 +314,8 @@ def read_cases(path: Path) -> list[dict[str, str]]:
 
 def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str | None,
            use_ema: bool | None, tta: str | None, batch_size: int | None,
-           dataset: str | None = None, class_map: Mapping[str, str] | None = None
-           ) -> dict[str, float]:
+           logit_adjustment: float | None = None, dataset: str | None = None,
+           class_map: Mapping[str, str] | None = None) -> dict[str, float]:
   """Scores one run, or the ensemble of ``runs`` (the folds of a CV run: the mean of their
   probabilities, each fold's input prepared as it was in training), and writes
   ``out/cases.csv`` and ``out/metrics.json``."""
@@ -316,14 +324,14 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
       for run in runs:
         locks.enter_context(RunLock(run, "evaluation"))
     par = parallel_lib.DataParallel("auto")
-    restored = [run_lib.restore(run, params=params, use_ema=use_ema, tta=tta, par=par)
-                for run in runs]
+    restored = [run_lib.restore(run, params=params, use_ema=use_ema, tta=tta, par=par,
+                                logit_adjustment=logit_adjustment) for run in runs]
     _check_ensemble(restored)
     first = restored[0]
     cfg, which, use_ema = first.cfg, first.params, first.use_ema
     batch_size = batch_size or cfg.eval.batch_size
     par.check_batch_size(batch_size, "eval.batch_size")
-    task = setup.make_task(cfg, first.info)
+    task = setup.make_task(cfg, first.info, class_counts=run_lib.pooled_class_counts(restored))
     ensemble = len(runs) > 1
     state = tuple(r.state for r in restored) if ensemble else first.state
     case_step = par.compile_case_step(step_lib.make_case_step(
@@ -360,6 +368,7 @@ def _score(runs: list[Path], out: Path, *, manual_dir: str | None, params: str |
     identity = {"dataset": data_cfg.name, "split": split, "manual_dir": manual_dir,
                 "class_map": dict(class_map) if class_map else None,
                 "params": which, "ema": use_ema, "tta": cfg.eval.tta,
+                "logit_adjustment": cfg.eval.logit_adjustment_tau,
                 "step": first.step if not ensemble else [r.step for r in restored]}
     _keep_earlier(out, identity)
     write_cases(out / CASES, rows)
@@ -501,6 +510,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--class-map", type=parse_class_map, metavar="FROM=TO,...",
                       help="score the dataset's class FROM as the run's class TO (TO empty: "
                       "leave its cases out), e.g. ak=akiec,scc=akiec,unk=")
+  parser.add_argument("--logit-adjustment", type=float, metavar="TAU",
+                      help="decide each case's class by argmax(logits - TAU * log(training "
+                      "prior)), aiming at balanced accuracy (0: the plain argmax; default: the "
+                      "run's config.eval.logit_adjustment_tau); probabilities and AUC unchanged")
   parser.add_argument("--calibrate", action="store_true", help="first fit the temperature on "
                       "the validation split into RUN/calibration.json (tools/calibration.py)")
   case_table.add_group_arguments(parser, by_help="audit by these clinical fields, separated by "
@@ -519,7 +532,7 @@ def main(args: argparse.Namespace) -> None:
     print(calibration.format_results(fitted), flush=True)
   metrics = evaluate_run(args.workdir, manual_dir=args.manual_dir, dataset=args.dataset,
                          class_map=args.class_map, params=args.params, use_ema=args.ema,
-                         tta=args.tta)
+                         tta=args.tta, logit_adjustment=args.logit_adjustment)
   if fields:
     audited = audit_run(args.workdir, fields, age_bands=args.age_bands,
                         min_cases=args.min_cases, samples=args.samples, seed=args.seed)

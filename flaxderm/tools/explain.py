@@ -88,7 +88,7 @@ def _target_class(run: run_lib.Run, target: str | int | None, images: Sequence[n
   if run.task == "segmentation":
     return None
   if index is None:
-    return [int(np.argmax(p)) for p in run.probabilities(images, metadata=metadata)]
+    return [run.decide(p) for p in run.probabilities(images, metadata=metadata)]
   return [index] * len(images)
 
 

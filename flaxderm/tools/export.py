@@ -32,7 +32,9 @@ augmentation inside, the mean of the folds for a cross-validation run). Preparin
   (with the tensors kept float).
 
 Beside ``PATH``: ``PATH.card.md`` and ``PATH.card.json``, the model card (architecture, weights,
-training data, metrics, input size and normalisation, class names, intended use). A model that a
+training data, metrics, input size and normalisation, class names, how a classifier's class is
+decided from its probabilities -- with its logit-adjustment bias when the run's
+``eval.logit_adjustment_tau`` sets one --, intended use). A model that a
 format cannot express fails with a ValueError naming the layer where the converter stopped.
 """
 from __future__ import annotations
@@ -360,6 +362,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
   return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _decision_card(run: run_lib.Run) -> dict[str, Any] | None:
+  """How a classifier's class is decided from the exported probabilities (None: segmentation)."""
+  if run.task != "classification":
+    return None
+  if run.decision_bias is None:
+    return {"rule": "argmax of the probabilities", "logit_adjustment_tau": 0.0}
+  return {"rule": "argmax of log(probabilities) + bias: post-hoc logit adjustment for the "
+          "training prior (Menon et al. 2021), aiming at balanced accuracy",
+          "logit_adjustment_tau": run.cfg.eval.logit_adjustment_tau,
+          "bias": dict(zip(run.class_names, run.decision_bias))}
+
+
 def model_card(run: run_lib.Run, fmt: str, graph: dict[str, Any]) -> dict[str, Any]:
   cfg = run.cfg
   data = run.members[0].data_cfg
@@ -397,6 +411,7 @@ def model_card(run: run_lib.Run, fmt: str, graph: dict[str, Any]) -> dict[str, A
       "task": run.task,
       "class_names": list(run.class_names),
       "output": output,
+      "decision": _decision_card(run),
       "intended_use": INTENDED_USE,
   }
 
@@ -431,6 +446,7 @@ def _card_markdown(card: dict[str, Any]) -> str:
       f"{card['input']['normalization']} mean {card['input']['mean']} std {card['input']['std']}"
       f" ({card['input']['scaling']}); preprocessing {card['input']['preprocess']}",
       f"- output: {card['output']}",
+      *([f"- decision: {json.dumps(card['decision'], sort_keys=True)}"] if card["decision"] else []),
       f"- quantization: {json.dumps(card.get('quantization'), sort_keys=True)}",
       f"- class names: {card['class_names']}", ""]
   extra = card["metadata_input"]

@@ -14,7 +14,9 @@ patterns. Outputs in DIR, per image id (the file name without its extension):
   inside it (OpenCV / SciPy).
 * classification runs: ``predictions.csv`` (``image`` then one probability column per class,
   rows summing to 1; the seven ISIC 2018 Task 3 diagnoses are written as its submission header
-  ``MEL,NV,BCC,AKIEC,BKL,DF,VASC``) and ``labels.csv`` (``image,label``: the most probable class).
+  ``MEL,NV,BCC,AKIEC,BKL,DF,VASC``) and ``labels.csv`` (``image,label``: the decided class, the
+  most probable one unless the run's ``eval.logit_adjustment_tau`` adjusts it for the training
+  prior: ``flaxderm.tools.run``).
 
 A run trained with clinical metadata (``data.metadata``) needs ``--metadata FILE``: a CSV with an
 image id column (``image``, ``image_id``, ``img_id`` or ``id``; the file name, with or without
@@ -256,7 +258,7 @@ def predict_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
     bar.update(len(chunk))
   bar.close()
   if run.task == "classification":
-    _write_class_tables(out, rows, run.class_names)
+    _write_class_tables(out, rows, run)
   (out / SKIPPED).write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
   elapsed = time.perf_counter() - started
   summary = {"predicted": done, "skipped": len(skipped), "out": str(out),
@@ -267,7 +269,8 @@ def predict_files(workdir: str | Path, inputs: Sequence[str], out: str | Path, *
 
 
 def _write_class_tables(out: Path, rows: Sequence[tuple[str, np.ndarray]],
-                        class_names: Sequence[str]) -> None:
+                        run: run_lib.Run) -> None:
+  class_names = run.class_names
   header, order = class_columns(class_names)
   with open(out / PREDICTIONS, "w", newline="", encoding="utf-8") as f:
     writer = csv.writer(f)
@@ -280,7 +283,7 @@ def _write_class_tables(out: Path, rows: Sequence[tuple[str, np.ndarray]],
     writer = csv.writer(f)
     writer.writerow(["image", "label"])
     for image_id, probs in rows:
-      writer.writerow([image_id, class_names[int(np.argmax(probs))]])
+      writer.writerow([image_id, class_names[run.decide(probs)]])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,11 @@ folds' probabilities.
 A run calibrated by ``launch.py evaluate --calibrate`` (``flaxderm.tools.calibration``) holds its
 temperature T in ``calibration.json``; its logits are divided by T before the probabilities are
 taken (each fold by its own), unless ``load_run(..., calibrated=False)``.
+
+A classifier's decided class (``run.decide(probs)``: ``predict``'s ``labels.csv``, the class
+``explain`` attributes) is the argmax of its probabilities, logit-adjusted for its training prior
+when its config sets ``eval.logit_adjustment_tau`` (``flaxderm.train.setup.decision_bias``; a
+fold ensemble: the prior of the folds' summed training counts). The probabilities are not changed.
 """
 from __future__ import annotations
 
@@ -82,13 +87,19 @@ def run_directories(workdir: str | Path) -> list[Path]:
   return folds
 
 
-def run_config(workdir: Path, *, tta: str | None = None) -> ml_collections.ConfigDict:
-  """The run's saved config, with ``tta`` (when given) replacing its ``eval.tta``."""
+def run_config(workdir: Path, *, tta: str | None = None,
+               logit_adjustment: float | None = None) -> ml_collections.ConfigDict:
+  """The run's saved config, with ``tta`` and ``logit_adjustment`` (when given) replacing its
+  ``eval.tta`` and ``eval.logit_adjustment_tau``."""
   cfg = config_lib.load_config(workdir / CONFIG)
   if tta is not None:
     if tta not in config_lib.TTA_MODES:
       raise ValueError(f"--tta must be one of {config_lib.TTA_MODES}, got {tta!r}")
     cfg.eval.tta = tta
+  if logit_adjustment is not None:
+    if not logit_adjustment >= 0:
+      raise ValueError(f"--logit-adjustment must be >= 0, got {logit_adjustment}")
+    cfg.eval.logit_adjustment_tau = float(logit_adjustment)
   return cfg
 
 
@@ -108,10 +119,11 @@ class Restored:
 
 
 def restore(workdir: Path, *, params: str | None, use_ema: bool | None, tta: str | None,
-            par: parallel_lib.DataParallel) -> Restored:
+            par: parallel_lib.DataParallel, logit_adjustment: float | None = None) -> Restored:
   """The run's "last" or "best" parameters (default: its ``final_params``), with or without their
-  EMA (default: its ``use_ema``), its config carrying ``tta`` when given (``run_config``)."""
-  cfg = run_config(workdir, tta=tta)
+  EMA (default: its ``use_ema``), its config carrying ``tta`` and ``logit_adjustment`` when given
+  (``run_config``)."""
+  cfg = run_config(workdir, tta=tta, logit_adjustment=logit_adjustment)
   info = setup.RunInfo.load(workdir)
   which = params or cfg.final_params
   if which not in config_lib.FINAL_PARAMS:
@@ -132,10 +144,18 @@ def restore(workdir: Path, *, params: str | None, use_ema: bool | None, tta: str
 
 def check_members(members: Sequence[Restored], workdir: Path | str) -> None:
   """The runs averaged as one model (the folds of ``workdir``) must predict the same classes."""
-  infos = [m.info for m in members]
-  if any(info != infos[0] for info in infos):
-    raise ValueError(f"the folds of {workdir} disagree on task or classes: "
-                     f"{sorted({(i.task, i.class_names) for i in infos})}")
+  outputs = {(m.info.task, m.info.class_names, m.info.output_channels) for m in members}
+  if len(outputs) > 1:
+    raise ValueError(f"the folds of {workdir} disagree on task or classes: {sorted(outputs)}")
+
+
+def pooled_class_counts(members: Sequence[Restored]) -> np.ndarray | None:
+  """The summed training class counts of ``members`` averaged as one model, the prior their
+  decisions are adjusted for; None when the first one's ``eval.logit_adjustment_tau`` is 0 (they
+  are then not needed, nor read)."""
+  if not members[0].cfg.eval.logit_adjustment_tau or members[0].info.task != "classification":
+    return None
+  return sum(setup.training_class_counts(m.cfg, m.info) for m in members)
 
 
 def stored_temperature(workdir: Path, **loaded) -> float:
@@ -188,13 +208,15 @@ class Run:
   docstring. Build it with ``load_run``."""
 
   def __init__(self, workdir: Path, info: setup.RunInfo, members: Sequence[Member], *,
-               params: str, use_ema: bool, batch_size: int):
+               params: str, use_ema: bool, batch_size: int,
+               decision_bias: tuple[float, ...] | None = None):
     self.workdir = workdir
     self.info = info
     self.members = list(members)
     self.params = params
     self.use_ema = use_ema
     self.batch_size = batch_size
+    self.decision_bias = decision_bias
 
   @property
   def task(self) -> str:
@@ -290,6 +312,12 @@ class Run:
   def predict(self, image: np.ndarray, metadata: Mapping[str, Any] | None = None) -> np.ndarray:
     return self.predict_batch([image], None if metadata is None else [metadata])[0]
 
+  def decide(self, probs: np.ndarray) -> int:
+    """The decided class of a classifier's probabilities (K,) of one image (module docstring)."""
+    if self.task != "classification":
+      raise ValueError("decide: for a classification run; this one is " + self.task)
+    return step_lib.decided_class(probs, self.decision_bias)
+
   def _checked_image(self, image: np.ndarray, name: str) -> np.ndarray:
     """``image`` as an array; ValueError unless it is uint8 RGB with pixels, a warning when it is
     far below the model input (``min_image_side``)."""
@@ -330,4 +358,6 @@ def load_run(workdir: str | Path, *, params: str | None = None, use_ema: bool | 
     members.append(Member(r.workdir, r.cfg, setup.eval_data_config(r.cfg), r.step, r.model,
                           r.state, forward, temperature))
   return Run(Path(workdir).resolve(), restored[0].info, members, params=restored[0].params,
-             use_ema=restored[0].use_ema, batch_size=batch_size)
+             use_ema=restored[0].use_ema, batch_size=batch_size,
+             decision_bias=setup.decision_bias(restored[0].cfg.eval.logit_adjustment_tau,
+                                               pooled_class_counts(restored)))

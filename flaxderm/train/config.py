@@ -129,6 +129,11 @@ def default_config() -> ml_collections.ConfigDict:
   # Test-time augmentation of every scoring: "none", "hflip" (image + its mirror) or "flips"
   # (+ vertical and both); the views' class probabilities are averaged.
   c.eval.tta = "none"
+  # Post-hoc logit adjustment (Menon et al. 2021; flaxderm.train.setup.decision_bias): > 0 decides
+  # a classifier's class by argmax(logits - tau * log(training prior)), aiming the decision at
+  # balanced accuracy; the probabilities (AUC, calibration) stay the model's. 1 is the theory's
+  # value for a model trained without class weights.
+  c.eval.logit_adjustment_tau = 0.0
 
   # Checkpoints (orbax): the latest `keep`, plus the best by eval.best_metric. every_steps 0 =
   # at each evaluation. Final scoring uses the last or the best parameters, or their EMA.
@@ -254,6 +259,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{path} must be a non-negative int, got {value!r}")
   if cfg.num_steps == 0 and cfg.num_epochs == 0 and cfg.budget_s <= 0:
     raise ValueError("config: set num_steps, num_epochs or budget_s to say how long to train")
+  for path in ("loss.class_weight_power", "loss.logit_adjustment_tau",
+               "eval.logit_adjustment_tau"):
+    group, key = path.split(".")
+    if not cfg[group][key] >= 0:
+      raise ValueError(f"config.{path} must be >= 0, got {cfg[group][key]}")
   if not 0.0 <= cfg.optimizer.ema_decay < 1.0:
     raise ValueError(f"config.optimizer.ema_decay must be in [0, 1), got {cfg.optimizer.ema_decay}")
   if cfg.use_ema and cfg.optimizer.ema_decay == 0.0:

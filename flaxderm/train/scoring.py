@@ -104,6 +104,6 @@ def _case_row(task: step_lib.Task, case_id: str, stats: Mapping[str, np.ndarray]
   if probs.shape[-1] == 1:  # sigmoid output of a binary classifier
     probs = np.concatenate([1 - probs, probs])
   row["label"] = names[int(label)]
-  row["prediction"] = names[int(np.argmax(probs))]
+  row["prediction"] = names[step_lib.decided_class(probs, task.decision_bias)]
   row.update({f"prob/{n}": float(p) for n, p in zip(names, probs)})
   return row

@@ -1,9 +1,9 @@
 """From a config to the pieces a run is made of: what the data is, the task, the model, its
 initial variables. Shared by training (``loop``) and scoring (``flaxderm.tools.evaluate``).
 
-What a run learnt about its data (task, classes, output channels) is saved with it as
-``run_info.json``, so a run can be scored later on another copy of the data without reading the
-training set again.
+What a run learnt about its data (task, classes, output channels, the training split's class
+counts) is saved with it as ``run_info.json``, so a run can be scored later on another copy of the
+data without reading the training set again.
 """
 from __future__ import annotations
 
@@ -37,10 +37,13 @@ RUN_INFO = "run_info.json"
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
   """task: "segmentation"/"classification"; class_names: the classes metrics report;
-  output_channels: the model's num_classes (1 = sigmoid for binary segmentation)."""
+  output_channels: the model's num_classes (1 = sigmoid for binary segmentation); class_counts:
+  a classifier's training examples per class (the prior that class weights and logit adjustment
+  are computed from), None for segmentation and for runs saved before it was recorded."""
   task: str
   class_names: tuple[str, ...]
   output_channels: int
+  class_counts: tuple[int, ...] | None = None
 
   def save(self, workdir: Path) -> None:
     (workdir / RUN_INFO).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -51,7 +54,9 @@ class RunInfo:
     if not path.exists():
       raise ValueError(f"{path} does not exist: {workdir} is not a flaxderm training run")
     saved = json.loads(path.read_text())
-    return cls(saved["task"], tuple(saved["class_names"]), saved["output_channels"])
+    counts = saved.get("class_counts")
+    return cls(saved["task"], tuple(saved["class_names"]), saved["output_channels"],
+               None if counts is None else tuple(counts))
 
 
 def dataset_info(data_cfg: ml_collections.ConfigDict) -> pipeline.DatasetInfo:
@@ -75,11 +80,34 @@ def dataset_info(data_cfg: ml_collections.ConfigDict) -> pipeline.DatasetInfo:
 
 
 def run_info(cfg: ml_collections.ConfigDict) -> RunInfo:
-  """Task, classes and model outputs for ``cfg`` from the training dataset."""
+  """Task, classes, model outputs and (classification) training class counts for ``cfg`` from
+  the training dataset."""
   info = dataset_info(cfg.data)
   channels = cfg.model.num_classes or (1 if info.task == "segmentation" and info.num_classes == 2
                                        else info.num_classes)
-  return RunInfo(info.task, tuple(info.class_names), channels)
+  counts = None
+  if info.task == "classification":
+    counts = splits.split_label_counts(cfg.data, cfg.data.train_split, len(info.class_names))
+    log.info("training class counts: %s", dict(zip(info.class_names, counts.tolist())))
+    counts = tuple(int(n) for n in counts)
+  return RunInfo(info.task, tuple(info.class_names), channels, counts)
+
+
+def training_class_counts(cfg: ml_collections.ConfigDict, info: RunInfo) -> np.ndarray:
+  """The classifier's training examples per class: ``info.class_counts``, or -- for a run saved
+  before they were recorded -- counted again from ``cfg``'s training split."""
+  if info.class_counts is not None:
+    return np.asarray(info.class_counts, np.int64)
+  try:
+    counts = splits.split_label_counts(cfg.data, cfg.data.train_split, len(info.class_names))
+  except Exception as e:  # its training data may be gone: say what is missing
+    raise ValueError(f"{RUN_INFO} of this run holds no class_counts (saved before they were "
+                     f"recorded) and its training split ({cfg.data.name}, "
+                     f"data.manual_dir={cfg.data.manual_dir!r}) could not be read to count them: "
+                     f"{e}") from e
+  log.info("%s holds no class_counts: counted them again from the training split: %s",
+           RUN_INFO, counts.tolist())
+  return counts
 
 
 # loss option -> (the config.loss key that turns it on when > 0, how the counts become the option)
@@ -105,11 +133,7 @@ def count_loss_options(cfg: ml_collections.ConfigDict, info: RunInfo) -> dict[st
   for option, (key, _) in wanted.items():
     if option in cfg.loss.kwargs:
       raise ValueError(f"config.loss: give either loss.kwargs.{option} or loss.{key}, not both")
-  source = sources.open_source(cfg.data)
-  split, indices = splits.resolve_split(source, cfg.data, cfg.data.train_split)
-  records = source.split(split)
-  counts = np.bincount([int(records[int(i)]["label"]) for i in indices],
-                       minlength=len(info.class_names))
+  counts = training_class_counts(cfg, info)
   options = {}
   for option, (key, from_counts) in wanted.items():
     values = from_counts(counts, cfg.loss[key])
@@ -119,15 +143,37 @@ def count_loss_options(cfg: ml_collections.ConfigDict, info: RunInfo) -> dict[st
   return options
 
 
+def decision_bias(tau: float, counts: np.ndarray | None) -> tuple[float, ...] | None:
+  """Post-hoc logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment"):
+  ``-tau * log(prior)`` of the training class ``counts``, added to the logits before the argmax
+  so that the decision aims at balanced accuracy; None when ``tau`` is 0."""
+  if tau == 0:
+    return None
+  if counts is None:
+    raise ValueError("eval.logit_adjustment_tau: for classification only (it needs the training "
+                     "class counts)")
+  return tuple(float(v) for v in -losses.logit_adjustment_from_counts(counts, tau=tau))
+
+
 def make_task(cfg: ml_collections.ConfigDict, info: RunInfo, *,
-              loss_options: dict[str, Any] | None = None) -> Task:
+              loss_options: dict[str, Any] | None = None,
+              class_counts: np.ndarray | None = None) -> Task:
+  """The run's task; its decisions are logit-adjusted by ``eval.logit_adjustment_tau`` for the
+  prior of ``class_counts`` (default: the run's ``training_class_counts``; a fold ensemble gives
+  its members' summed counts)."""
   kwargs = {**cfg.loss.kwargs, **(loss_options or {})}
   try:
     loss_fn = losses.get_loss(cfg.loss.name, **kwargs)
   except ValueError as e:
     raise ValueError(f"config.loss: {e}") from None
   num_classes = max(len(info.class_names), 2)
-  return Task(info.task, num_classes, info.class_names, loss_fn)
+  tau = cfg.eval.logit_adjustment_tau
+  if tau and info.task != "classification":
+    raise ValueError("config.eval.logit_adjustment_tau: for classification only")
+  if tau and class_counts is None:
+    class_counts = training_class_counts(cfg, info)
+  return Task(info.task, num_classes, info.class_names, loss_fn,
+              decision_bias=decision_bias(tau, class_counts))
 
 
 def make_model(cfg: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:

@@ -41,15 +41,31 @@ TTA_FLIPS = {"none": ((),), "hflip": ((), (2,)), "flips": ((), (2,), (1,), (1, 2
 class Task:
   """What the model learns. kind: "segmentation" or "classification"; num_classes: the classes
   metrics are computed over (2 for binary segmentation, however many logit channels);
-  class_names: their names for the summaries; loss_fn: ``(logits, labels, *, mask) -> scalar``."""
+  class_names: their names for the summaries; loss_fn: ``(logits, labels, *, mask) -> scalar``;
+  decision_bias: per class, added to a classifier's logits before the argmax that decides its
+  class (post-hoc logit adjustment, ``setup.decision_bias``), None for the plain argmax. It moves
+  the decisions only: the probabilities, and so AUC and calibration, stay the model's."""
   kind: str
   num_classes: int
   class_names: tuple[str, ...]
   loss_fn: Callable[..., jax.Array]
+  decision_bias: tuple[float, ...] | None = None
 
   def __post_init__(self):
     if self.kind not in TASKS:
       raise ValueError(f"task must be one of {TASKS}, got {self.kind!r}")
+    if self.decision_bias is not None and (self.kind != "classification" or
+                                           len(self.decision_bias) != self.num_classes):
+      raise ValueError(f"decision_bias: one value per class of a classifier ({self.num_classes}), "
+                       f"got {len(self.decision_bias)} for {self.kind}")
+
+  def decision_logits(self, logits: Any) -> Any:
+    """``logits`` (N, K), or a binary classifier's (N, 1), with ``decision_bias`` added: their
+    argmax (or sign) is the decided class."""
+    if self.decision_bias is None:
+      return logits
+    bias = np.asarray(self.decision_bias, np.float32)
+    return logits + (bias[1] - bias[0] if logits.shape[-1] == 1 else bias)
 
   @property
   def label_key(self) -> str:
@@ -63,8 +79,8 @@ class Task:
     labels, valid = batch[self.label_key], batch["valid"]
     if self.kind == "segmentation":
       return metrics_lib.segmentation_stats(logits, labels, valid=valid)
-    return metrics_lib.classification_stats(logits, labels, num_classes=self.num_classes,
-                                            valid=valid)
+    return metrics_lib.classification_stats(self.decision_logits(logits), labels,
+                                            num_classes=self.num_classes, valid=valid)
 
   def summarize(self, stats: Mapping[str, Any]) -> dict[str, float]:
     if self.kind == "segmentation":
@@ -74,6 +90,14 @@ class Task:
   @property
   def default_metric(self) -> str:
     return "dice/per_image" if self.kind == "segmentation" else "accuracy"
+
+
+def decided_class(probs: np.ndarray, decision_bias: tuple[float, ...] | None) -> int:
+  """The class decided from one case's class probabilities (K,): the argmax of their logs plus
+  ``decision_bias`` (``Task.decision_bias``), the argmax of ``probs`` when it is None."""
+  with np.errstate(divide="ignore"):  # a probability of 0 is never decided: log -inf
+    scores = np.log(np.asarray(probs, np.float64))
+  return int(np.argmax(scores if decision_bias is None else scores + np.asarray(decision_bias)))
 
 
 def metadata_of(batch: Batch) -> tuple[jax.Array, ...]:

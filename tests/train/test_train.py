@@ -432,6 +432,7 @@ def test_class_weights_and_logit_adjustment_come_from_the_training_counts():
   source = sources.open_source(cfg.data)
   labels = [int(r["label"]) for r in source.split("train")]
   counts = np.bincount(labels, minlength=len(info.class_names))
+  assert info.class_counts == tuple(counts.tolist())
   options = setup.count_loss_options(cfg, info)
   np.testing.assert_allclose(options["class_weights"], losses.class_weights_from_counts(counts),
                              rtol=1e-6)
@@ -448,6 +449,37 @@ def test_class_weights_and_logit_adjustment_come_from_the_training_counts():
   cfg.loss.kwargs = {"class_weights": [1.0, 2.0]}
   with pytest.raises(ValueError, match="either loss.kwargs.class_weights or loss.class_weight_power"):
     setup.count_loss_options(cfg, info)
+
+
+def test_logit_adjusted_decisions_move_the_confusion_matrix_only():
+  """``eval.logit_adjustment_tau``: the argmax of logits - tau * log prior decides, for K logits
+  and for a binary classifier's one sigmoid logit alike; ``decided_class`` agrees from the
+  probabilities."""
+  counts = np.array([90, 9, 1])
+  cfg = tiny_config(**{"data.task": "classification", "eval.logit_adjustment_tau": 1.0})
+  info = setup.RunInfo("classification", ("a", "b", "c"), 3, tuple(counts.tolist()))
+  task = setup.make_task(cfg, info)
+  prior = counts / counts.sum()
+  np.testing.assert_allclose(task.decision_bias, -np.log(prior), rtol=1e-6)
+  logits = jnp.array([[5.0, 0.0, 0.0], [2.0, 1.0, -3.0], [0.5, 0.0, -0.5]])
+  labels, valid = jnp.array([0, 1, 2]), jnp.ones(3)
+  decided = np.argmax(np.asarray(logits) - np.log(prior), axis=1)
+  assert decided.tolist() == [0, 1, 2]  # the plain argmax says [0, 0, 0]
+  confusion = np.asarray(task.stats(logits, {"label": labels, "valid": valid})["confusion"])
+  np.testing.assert_array_equal(confusion, np.eye(3, dtype=int))
+  probs = np.asarray(jax.nn.softmax(logits))
+  assert [step_lib.decided_class(p, task.decision_bias) for p in probs] == decided.tolist()
+  assert setup.make_task(tiny_config(**{"data.task": "classification"}), info).decision_bias is None
+
+  binary = setup.make_task(cfg, setup.RunInfo("classification", ("benign", "malignant"), 1,
+                                              (20, 80)))
+  z = jnp.array([[0.5], [1.0], [2.0]])  # prior odds 4 for malignant: log 4 = 1.39 is taken off
+  stats = binary.stats(z, {"label": jnp.array([1, 1, 1]), "valid": valid})
+  assert np.asarray(stats["confusion"])[1].tolist() == [2, 1]
+  with pytest.raises(ValueError, match="eval.logit_adjustment_tau: for classification only"):
+    setup.make_task(tiny_config(**{"eval.logit_adjustment_tau": 1.0}), SEGMENTATION)
+  with pytest.raises(ValueError, match="eval.logit_adjustment_tau must be >= 0"):
+    config_lib.validate_config(tiny_config(**{"eval.logit_adjustment_tau": -1.0}))
 
 
 def test_train_on_all_of_one_folder_and_score_another(tmp_path):

@@ -15,8 +15,11 @@ vectors and renormalises (a sum of log-probabilities). Prints, and appends to RE
 and as mean (std) over folds: balanced accuracy and macro one-vs-rest AUC of the image model, the
 metadata model and their product. Not a flaxderm recipe: the image model never saw the metadata and
 the metadata model never saw the image; it estimates what a jointly trained head leaves unused.
-Both models carry balanced class weights, so their product favours the rare classes twice: part
-of its balanced-accuracy gain is that second correction, not the metadata.
+Both models carry balanced class weights, so each estimates its input's class likelihood up to a
+constant; when image and metadata are independent given the class, their product is the balanced
+posterior of both together (two unweighted models' product would count the prior twice). What the
+image and the metadata share breaks that independence, so the product estimates, and does not
+bound, what a head gains: ``model.metadata_fusion="product"`` is the recipe that trains it.
 """
 from __future__ import annotations
 

@@ -17,6 +17,14 @@ classification model (its ``backbone``, built with ``num_classes=0``) and a meta
   product of an image model and a metadata logistic regression that
   ``benchmarks/metadata_signal.py`` measures, trained jointly. Its weights start at zero, so
   training starts from the image classifier alone.
+* ``"product"``: the same two classifiers, but each trained on its own loss (the image classifier
+  on the image, the metadata classifier on the metadata), their logits added only to predict: a
+  product of experts. Each learns its class evidence alone, so the image branch cannot leave the
+  metadata's evidence to the other; with balanced class weights each branch estimates the class
+  likelihood of its input, and their product is the balanced posterior of both when image and
+  metadata are independent given the class. In training mode the model returns
+  ``BranchLogits`` (the prediction and each branch's logits) and the train step sums the branch
+  losses (``flaxderm.train.step.training_loss``).
 
 The backbone's parameters sit under ``backbone``, so its pretrained weights load there; the wrapper
 works for every classification family through the encoder contract (pooled features at
@@ -24,18 +32,26 @@ works for every classification family through the encoder contract (pooled featu
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-FUSIONS = ("concat", "metablock", "late")
+FUSIONS = ("concat", "metablock", "late", "product")
 BACKBONE = "backbone"  # the field, hence the name of the backbone's parameters
 
 
+class BranchLogits(NamedTuple):
+  """A training-mode output whose branches each learn on their own loss: ``logits``, the
+  prediction, first (``step.main_output``), then each branch's logits."""
+  logits: jax.Array
+  branches: tuple[jax.Array, ...]
+
+
 class MetadataFusion(nn.Module):
-  """``apply(variables, images, metadata, train)`` -> logits ``(N, num_classes)``.
+  """``apply(variables, images, metadata, train)`` -> logits ``(N, num_classes)`` (``"product"``
+  in training mode: ``BranchLogits``).
 
   ``backbone``: a classification model with ``num_classes=0``; ``hidden``: the metadata MLP's
   width (``"concat"``); ``drop_rate``: dropout on the metadata MLP and before the classifier.
@@ -58,7 +74,8 @@ class MetadataFusion(nn.Module):
                        f"got shape {metadata.shape}")
 
   @nn.compact
-  def __call__(self, x: jax.Array, metadata: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, metadata: jax.Array, train: bool = False
+               ) -> jax.Array | BranchLogits:
     self._check(x, metadata)
     metadata = metadata.astype(self.dtype or jnp.float32)
     backbone = self.backbone  # a field: its parameters sit under its name, BACKBONE
@@ -84,8 +101,11 @@ class MetadataFusion(nn.Module):
       features = jnp.concatenate([features, m.astype(features.dtype)], axis=-1)
     features = nn.Dropout(self.drop_rate, deterministic=not train)(features)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
-    if self.fusion == "late":
+    if self.fusion in ("late", "product"):
       metadata_logits = nn.Dense(self.num_classes, dtype=self.dtype,
-                                 kernel_init=nn.initializers.zeros, name="metadata_head")(metadata)
-      logits = logits + metadata_logits.astype(logits.dtype)
+                                 kernel_init=nn.initializers.zeros,
+                                 name="metadata_head")(metadata).astype(logits.dtype)
+      if self.fusion == "product" and train:
+        return BranchLogits(logits + metadata_logits, (logits, metadata_logits))
+      logits = logits + metadata_logits
     return logits

@@ -28,7 +28,7 @@ PARALLEL_MODES = ("auto", "pmap")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 FINAL_PARAMS = ("last", "best")
 TTA_MODES = ("none", "hflip", "flips")
-METADATA_FUSIONS = ("concat", "metablock", "late")  # flaxderm.models.fusion.FUSIONS (jax-free here)
+METADATA_FUSIONS = ("concat", "metablock", "late", "product")  # flaxderm.models.fusion.FUSIONS (jax-free here)
 WORST_GROUP = "worst_group:"  # eval.select_by = "worst_group:FIELD"
 # Option groups whose keys are not fixed by this schema (validated by their consumers).
 OPEN_GROUPS = ("model.kwargs", "loss.kwargs", "data.builder_kwargs", "data.metadata_vocabulary",
@@ -51,8 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.pretrained = ""
   # With data.metadata: how a classifier takes the metadata beside the image
   # (flaxderm.models.fusion.FUSIONS): "concat" (an MLP's output joined to the pooled features),
-  # "metablock" (the metadata gates the last feature maps) or "late" (a linear classifier of the
-  # metadata whose logits add to the image classifier's).
+  # "metablock" (the metadata gates the last feature maps), "late" (a linear classifier of the
+  # metadata whose logits add to the image classifier's) or "product" (the same two classifiers,
+  # each trained on its own loss, their logits added to predict).
   c.model.metadata_fusion = "concat"
 
   c.data = data_config_lib.default_data_config()

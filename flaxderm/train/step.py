@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from flaxderm import metrics as metrics_lib
+from flaxderm.models import fusion
 from flaxderm.train import optim
 from flaxderm.train.state import TrainState, step_key
 
@@ -111,6 +112,14 @@ def main_output(outputs: Any) -> jax.Array:
   return outputs[0] if isinstance(outputs, tuple) else outputs
 
 
+def training_loss(task: Task, outputs: Any, batch: Batch) -> jax.Array:
+  """The loss of a model's training-mode ``outputs``: the task loss of its logits, or the sum of
+  each branch's task loss for a model whose branches learn alone (``fusion.BranchLogits``)."""
+  if isinstance(outputs, fusion.BranchLogits):
+    return sum(task.loss(branch, batch) for branch in outputs.branches)
+  return task.loss(main_output(outputs), batch)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task: Task,
                     cfg: ml_collections.ConfigDict, *, axis_name: str | None = None
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
@@ -129,7 +138,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task: Ta
       variables = {"params": params, "batch_stats": state.batch_stats}
       outputs, updated = model.apply(variables, images, *metadata_of(batch), train=True,
                                      mutable=["batch_stats"], rngs={"dropout": key})
-      return task.loss(main_output(outputs), batch), updated.get("batch_stats", {})
+      return training_loss(task, outputs, batch), updated.get("batch_stats", {})
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:

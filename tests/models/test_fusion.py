@@ -1,6 +1,6 @@
 """``MetadataFusion``: every fusion head on a few classifier families (logit shapes, gradients
-reaching the metadata parameters), MetaBlock's gating and late fusion's sum against their
-formulas."""
+reaching the metadata parameters), MetaBlock's gating, late fusion's sum and the product's
+branch losses against their formulas."""
 from __future__ import annotations
 
 import jax
@@ -8,9 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flaxderm import losses
 from flaxderm.models import create_model
 from flaxderm.models import fusion as fusion_lib
 from flaxderm.models.fusion import MetadataFusion
+from flaxderm.train import config as config_lib
+from flaxderm.train import optim
+from flaxderm.train import step as step_lib
+from flaxderm.train.state import create_train_state
 
 FAMILIES = [("resnet18", {"depths": (1, 1, 1, 1)}),
             ("densenet121", {"depths": (1, 2, 2, 1), "growth_rate": 8})]
@@ -35,6 +40,7 @@ def test_fusion_heads_train_their_metadata_parameters(name, options, fusion):
   def loss(params):
     out, _ = model.apply({**variables, "params": params}, x, m, train=True,
                          mutable=["batch_stats"], rngs={"dropout": jax.random.key(4)})
+    out = step_lib.main_output(out)  # the product's prediction in training mode
     return jnp.sum(out ** 2), out
 
   grads, logits = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
@@ -91,6 +97,48 @@ def test_late_fusion_adds_a_linear_metadata_classifier_starting_at_zero():
                              image_logits + m @ kernel + 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_product_fusion_trains_each_branch_on_its_own_loss():
+  """In training the product returns the sum and each branch's logits, and the train step's loss
+  is the sum of the branches' losses, so the image branch gets no gradient from the metadata's
+  loss; in inference it returns the sum, as late fusion does."""
+  model, x, m, variables, backbone = _tiny_resnet_fusion("product", 3, 32)
+  p = {**variables["params"], "metadata_head": {"kernel": jax.random.normal(jax.random.key(4),
+                                                                          (4, 3)),
+                                                "bias": jnp.ones(3)}}
+  variables = {**variables, "params": p}
+  image_logits = backbone() @ p["head"]["kernel"] + p["head"]["bias"]
+  metadata_logits = m @ p["metadata_head"]["kernel"] + 1.0
+  np.testing.assert_allclose(model.apply(variables, x, m), image_logits + metadata_logits,
+                             atol=1e-5)
+  out, _ = model.apply(variables, x, m, train=True, mutable=["batch_stats"])
+  assert isinstance(out, fusion_lib.BranchLogits)
+  np.testing.assert_allclose(out.branches[1], metadata_logits, atol=1e-5)
+  np.testing.assert_allclose(out.logits, out.branches[0] + out.branches[1], atol=1e-6)
+
+  batch = {"label": jnp.array([0, 2]), "valid": jnp.ones(2)}
+  task = step_lib.Task("classification", 3, ("a", "b", "c"), losses.get_loss("cross_entropy"))
+  want = task.loss(out.branches[0], batch) + task.loss(out.branches[1], batch)
+  np.testing.assert_allclose(step_lib.training_loss(task, out, batch), want, rtol=1e-6)
+
+  def metadata_loss(params):
+    branches = model.apply({**variables, "params": params}, x, m, train=True,
+                           mutable=["batch_stats"])[0].branches
+    return task.loss(branches[1], batch)
+
+  grads = jax.grad(metadata_loss)(p)
+  assert not any(np.any(g) for g in jax.tree.leaves(grads["backbone"]))
+  assert not np.any(grads["head"]["kernel"]) and np.any(grads["metadata_head"]["kernel"])
+
+  # the engine's train step minimises that sum
+  cfg = config_lib.default_config()
+  tx = optim.make_optimizer(cfg.optimizer, p)
+  state = create_train_state(variables, tx, seed=0, ema=False)
+  train_step = jax.jit(step_lib.make_train_step(model, tx, task, cfg))
+  _, metrics = train_step(state, {**batch, "image": x, "metadata": m}, jnp.float32(0.0))
+  np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+
+
 def test_backbone_with_a_head_and_bad_metadata_are_errors():
   x = jnp.zeros((2, 32, 32, 3))
   with pytest.raises(ValueError, match="num_classes=0"):
@@ -105,8 +153,6 @@ def test_backbone_with_a_head_and_bad_metadata_are_errors():
 
 
 def test_the_config_names_the_same_fusions():
-  from flaxderm.train import config as config_lib  # pylint: disable=g-import-not-at-top
-
   assert config_lib.METADATA_FUSIONS == fusion_lib.FUSIONS
   cfg = config_lib.default_config()
   cfg.model.metadata_fusion = "gate"

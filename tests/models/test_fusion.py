@@ -136,7 +136,7 @@ def test_product_fusion_trains_each_branch_on_its_own_loss():
   state = create_train_state(variables, tx, seed=0, ema=False)
   train_step = jax.jit(step_lib.make_train_step(model, tx, task, cfg))
   _, metrics = train_step(state, {**batch, "image": x, "metadata": m}, jnp.float32(0.0))
-  np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], want, rtol=1e-4)  # jitted: fused differently
 
 
 def test_backbone_with_a_head_and_bad_metadata_are_errors():

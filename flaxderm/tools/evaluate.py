@@ -130,7 +130,7 @@ def _scoring_name(identity: Mapping[str, Any]) -> str:
   steps = np.atleast_1d(identity["step"] if identity["step"] is not None else [])
   parts = [identity["dataset"], identity["split"], *where, identity["params"],
            f"ema-{identity['ema']}", f"tta-{identity['tta']}",
-           *([f"la-{identity['logit_adjustment']:g}"] if identity.get("logit_adjustment") else []),
+           *([f"la-{identity['logit_adjustment']}"] if identity.get("logit_adjustment") else []),
            "step-" + "-".join(map(str, steps))]
   return re.sub(r"[^\w.+-]", "-", "_".join(map(str, parts)))
 

@@ -334,8 +334,11 @@ def _same_labelling(names: list[str], labels: list[int]) -> bool:
 
 def reuse_reference(comparison: Comparison, args, index: int, fold: int | None) -> dict:
   """The reference row of run ``index`` from an earlier ``--keep`` directory, after checking that
-  it held out the same lesions and trained for the same budget (its last progress line)."""
+  it held out the same lesions and trained for the same budget (its last progress line), or from
+  an earlier ``--pairs`` directory (``stored_reference``)."""
   source = Path(args.reference_from)
+  if (source / f"pair_{index}.json").is_file():
+    return stored_reference(source, comparison, args, index, fold)
   log = source / f"reference_{index}.log"
   if not log.is_file():
     raise SystemExit(f"--reference-from: {log} does not exist")
@@ -500,6 +503,22 @@ def stored_pair(directory: Path, index: int, settings: dict) -> tuple[dict, dict
           f"{stored['date']} on {stored['machine']}")
 
 
+def stored_reference(directory: Path, comparison: Comparison, args, index: int,
+                     fold: int | None) -> dict:
+  """The reference row of run ``index`` saved by ``save_pair`` in another comparison's --pairs
+  ``directory``: SystemExit unless it ran the same reference code for the same budget on the same
+  folds and held-out lesions (the flaxderm config may differ: that is the ablation)."""
+  path = directory / f"pair_{index}.json"
+  stored = json.loads(path.read_text())["settings"]
+  ours = pair_settings(comparison, args, index, fold)
+  keys = ("budget", "folds", "heldout folds", "held-out lesions sha256", "reference code sha256")
+  differing = [k for k in keys if stored.get(k) != ours.get(k)]
+  if differing:
+    raise SystemExit(f"--reference-from: {path} differs from this comparison in "
+                     f"{', '.join(differing)}")
+  return {**_row_from_json(json.loads(path.read_text())["reference"]), "wall s": float("nan")}
+
+
 def against_rows(directory: Path, comparison: Comparison, args) -> list[tuple[str, int, dict]]:
   """The flaxderm rows of another comparison's --pairs ``directory``, run on the same folds and
   budget, named after the directory: a second paired table, e.g. image + metadata against the
@@ -655,9 +674,9 @@ def main(argv: list[str]) -> int:
   p.add_argument("--label", default="flaxderm", help="name of the flaxderm rows")
   p.add_argument("--no-reference", action="store_true", help="flaxderm rows only")
   p.add_argument("--reference-from", metavar="DIR",
-                 help="reuse the reference runs kept (--keep) in DIR by an earlier comparison with "
-                 "the same folds and budget instead of running them again: for ablations of the "
-                 "flaxderm recipe; final tables run both systems, alternating")
+                 help="reuse the reference runs kept (--keep) or stored (--pairs) in DIR by an "
+                 "earlier comparison with the same folds and budget instead of running them again: "
+                 "for ablations of the flaxderm recipe; final tables run both systems, alternating")
   p.add_argument("--rescore", metavar="DIR",
                  help="score the flaxderm runs kept (--keep) in DIR by an earlier comparison of "
                  "the same folds and budget again, with this call's scoring options (eval.tta, "

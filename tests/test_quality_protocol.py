@@ -109,6 +109,26 @@ def test_pair_settings_follow_the_recipe_and_the_reference_code_not_the_data_pat
           != settings["reference code sha256"])
 
 
+def test_reference_rows_are_reused_from_another_comparisons_pairs(tmp_path):
+  """--reference-from a --pairs directory: its reference rows stand in whatever flaxderm config
+  the pairs were run with, but not for another budget or reference code."""
+  args = pair_args(tmp_path)
+  cases = (np.array([0, 1, 2]), np.array([0, 1, 1]))
+  stored = quality.pair_settings(T3, pair_args(tmp_path, "data.train_crop=random"), 0, None)
+  quality.save_pair(tmp_path / "pairs", 0, stored, row(0.51, 0.88, cases), row(0.6, 0.9, cases))
+  args.reference_from = str(tmp_path / "pairs")
+  reused = quality.reuse_reference(T3, args, 0, None)
+  assert (reused["balanced accuracy"], reused["macro AUC"]) == (0.51, 0.88)
+  np.testing.assert_array_equal(reused["cases"][1], [0, 1, 1])
+  args.budget = 240.0
+  with pytest.raises(SystemExit, match="pair_0.json differs from this comparison in budget"):
+    quality.reuse_reference(T3, args, 0, None)
+  args.budget = 300.0
+  (Path(args.reference_dir) / "common.py").write_text("# edited\n")
+  with pytest.raises(SystemExit, match="in reference code sha256"):
+    quality.reuse_reference(T3, args, 0, None)
+
+
 def test_rescoring_scores_kept_runs_with_this_calls_scoring_options_only(tmp_path):
   """--rescore: a kept run whose config differs from this call's only in how it is scored (and
   in what training derives) is scored again with this call's options; any other key refuses."""

@@ -188,9 +188,13 @@ COMPARISONS = {
     "isic_t3": Comparison(
         "isic2018_task3_lite0_cpu", ".", (), "isic_t3_lite0.py", LITE0_REFERENCE_MODULES, 16,
         CLASSIFICATION_METRICS, isic_t3_held_out_cases, isic_t3_subset),
-    # PAD-UFES-20 from the image alone and from the image + clinical data, against the same
-    # image-only reference: the second runs with --reference-from the first's --keep and
-    # --against its --pairs (tests/test_quality_protocol.py).
+    # Each task from the image alone and from the image + clinical data, against the same
+    # image-only reference: the second runs with --reference-from the first's --keep or --pairs
+    # and --against its --pairs (tests/test_quality_protocol.py).
+    "isic_t3_metadata": Comparison(
+        "isic2018_task3_lite0_metadata_cpu", ".", (), "isic_t3_lite0.py",
+        LITE0_REFERENCE_MODULES, 16, CLASSIFICATION_METRICS, isic_t3_held_out_cases,
+        isic_t3_subset),
     "pad_ufes": Comparison(
         "pad_ufes20_cpu", ".", (), "pad_ufes_lite0.py", LITE0_REFERENCE_MODULES, 16,
         CLASSIFICATION_METRICS, pad_ufes_held_out_cases),

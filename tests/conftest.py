@@ -1,12 +1,9 @@
-"""Shared test fixtures: the real-data folder, marker handling and the run's XLA compilation
-cache."""
+"""Shared test fixtures: the real-data folder and marker handling."""
 from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,38 +17,6 @@ try:
   import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 except ImportError:
   pass
-
-
-# JAX's persistent compilation cache, read from the environment when jax is imported, so that the
-# test workers and the launch.py subprocesses the tests start all inherit it.
-COMPILATION_CACHE = {"JAX_COMPILATION_CACHE_DIR": None,
-                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-_CACHE_KEY = pytest.StashKey[str]()  # the temporary cache folder this run made, to remove
-
-
-def pytest_configure(config):
-  """One XLA compilation cache for the whole test run: most of the suite's time is XLA:CPU
-  compiling (benchmarks/NOTES.md), and many tests, workers and subprocesses compile the same
-  programs (the tiny runs' train steps, each family's test model). A program is compiled once per
-  run and read back after. A $JAX_COMPILATION_CACHE_DIR set by the user is used as it is (and kept
-  between runs); otherwise the controller makes a temporary one that ends with the run."""
-  if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return  # an xdist worker inherits the controller's environment
-  directory = tempfile.mkdtemp(prefix="flaxderm-test-xla-cache-")
-  config.stash[_CACHE_KEY] = directory
-  os.environ.update({**COMPILATION_CACHE, "JAX_COMPILATION_CACHE_DIR": directory})
-  if "jax" in sys.modules:  # imported by a plugin before the environment was set
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
-def pytest_unconfigure(config):
-  directory = config.stash.get(_CACHE_KEY, None)
-  if directory:
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def shared_data_dir() -> Path | None:

@@ -75,7 +75,8 @@ def default_config() -> ml_collections.ConfigDict:
   # (PyTorch's convention for each). Norm scales and biases are not decayed unless
   # decay_norms_and_biases. grad_clip_norm 0 = no clipping. accumulate_steps > 1 averages the
   # gradients of that many batches per update. ema_decay > 0 keeps an EMA of the parameters.
-  # encoder_lr_scale multiplies the learning rate of pretrained encoder parameters.
+  # encoder_lr_scale multiplies the learning rate of pretrained encoder parameters (0 freezes
+  # them).
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"
   c.optimizer.lr = 1e-3
@@ -269,8 +270,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.optimizer.ema_decay must be in [0, 1), got {cfg.optimizer.ema_decay}")
   if cfg.use_ema and cfg.optimizer.ema_decay == 0.0:
     raise ValueError("config.use_ema needs config.optimizer.ema_decay > 0")
-  if cfg.optimizer.lr <= 0:
+  if not cfg.optimizer.lr > 0:
     raise ValueError(f"config.optimizer.lr must be > 0, got {cfg.optimizer.lr}")
+  if not cfg.optimizer.encoder_lr_scale >= 0:
+    raise ValueError("config.optimizer.encoder_lr_scale must be >= 0, got "
+                     f"{cfg.optimizer.encoder_lr_scale}")
   for path in ("schedule.warmup_fraction", "schedule.final_fraction"):
     value = cfg.schedule[path.split(".")[1]]
     if not 0.0 <= value <= 1.0:

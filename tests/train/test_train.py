@@ -136,6 +136,13 @@ def test_optimizers_match_optax(name, options, reference):
                p_ours, p_theirs)
 
 
+def test_a_negative_encoder_learning_rate_scale_is_refused():
+  cfg = config_lib.default_config()
+  cfg.optimizer.encoder_lr_scale = -0.1
+  with pytest.raises(ValueError, match=r"config.optimizer.encoder_lr_scale must be >= 0"):
+    config_lib.validate_config(cfg)
+
+
 def test_weight_decay_mask_spares_biases_and_norms():
   mask = optim.decay_mask(_params())
   assert mask == {"dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}

@@ -45,6 +45,20 @@ def train_classification_run(workdir: Path) -> Path:
   return workdir
 
 
+METADATA_FIELDS = ("age", "sex", "site")
+
+
+def metadata_config(fusion: str) -> ml_collections.ConfigDict:
+  """A one-block-per-stage resnet18 at 64 px that takes the synthetic lesions' age, sex and site
+  through the ``fusion`` head."""
+  cfg = tiny_config(**{"model.name": "resnet18", "data.task": "classification",
+                       "loss.name": "cross_entropy", "data.image_size": 64,
+                       "model.metadata_fusion": fusion})
+  cfg.model.kwargs = {"depths": (1, 1, 1, 1)}
+  cfg.data.metadata = METADATA_FIELDS
+  return cfg
+
+
 def write_image(path: Path, height: int, width: int, seed: int = 0) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)

@@ -16,22 +16,13 @@ from flaxderm.data import metadata as metadata_lib
 from flaxderm.tools import predict as predict_lib
 from flaxderm.tools import run as run_lib
 from flaxderm.train import loop
-from tiny_runs import tiny_config, write_image
+from tiny_runs import METADATA_FIELDS as FIELDS
+from tiny_runs import metadata_config, write_image
 
 pytestmark = pytest.mark.usefixtures("private_data_dir")
 
-FIELDS = ("age", "sex", "site")
 CASES = {"a": {"age": "60", "sex": "female", "site": "back"},
          "b": {"age": "", "sex": "male", "site": "scalp"}}  # missing age, a site never seen
-
-
-def metadata_config(fusion: str):
-  cfg = tiny_config(**{"model.name": "resnet18", "data.task": "classification",
-                       "loss.name": "cross_entropy", "data.image_size": 64,
-                       "model.metadata_fusion": fusion})
-  cfg.model.kwargs = {"depths": (1, 1, 1, 1)}
-  cfg.data.metadata = FIELDS
-  return cfg
 
 
 @pytest.fixture(scope="module")

@@ -513,14 +513,14 @@ def stored_reference(directory: Path, comparison: Comparison, args, index: int,
   ``directory``: SystemExit unless it ran the same reference code for the same budget on the same
   folds and held-out lesions (the flaxderm config may differ: that is the ablation)."""
   path = directory / f"pair_{index}.json"
-  stored = json.loads(path.read_text())["settings"]
+  stored = json.loads(path.read_text())
   ours = pair_settings(comparison, args, index, fold)
   keys = ("budget", "folds", "heldout folds", "held-out lesions sha256", "reference code sha256")
-  differing = [k for k in keys if stored.get(k) != ours.get(k)]
+  differing = [k for k in keys if stored["settings"].get(k) != ours.get(k)]
   if differing:
     raise SystemExit(f"--reference-from: {path} differs from this comparison in "
                      f"{', '.join(differing)}")
-  return {**_row_from_json(json.loads(path.read_text())["reference"]), "wall s": float("nan")}
+  return {**_row_from_json(stored["reference"]), "wall s": float("nan")}
 
 
 def against_rows(directory: Path, comparison: Comparison, args) -> list[tuple[str, int, dict]]:

@@ -248,6 +248,7 @@ def test_decoder_traces_on_swin(tiny_encoders, decoder):
 # Compiled for real: U-Net on Swin (tens of seconds on a small CPU). The other decoders are traced
 # on Swin above and compiled for real on CNN encoders by tests/models/test_models.py; compiling
 # each on Swin too cost 185 s of the full suite and ran no code those two do not.
+@pytest.mark.slow
 def test_unet_trains_on_swin(tiny_encoders):
   check_trains(_swin_model("unet"), jax.random.normal(_key(3), (2, SIZE, SIZE, 3)),
                every_parameter=False)

@@ -51,6 +51,7 @@ def test_classifier_matches_timm(name, timm_name, options, size):
 
 # timm's features_only maps are the encoder contract's for these families (ViT/Swin/MobileNetV2
 # differ on purpose, see their modules; MobileNetV2's is checked against smp's encoder below).
+@pytest.mark.slow
 @pytest.mark.parametrize("name,timm_name", [("resnet18", "resnet18"),
                                             ("efficientnet_lite0", "tf_efficientnet_lite0")])
 def test_encoder_maps_match_timm(name, timm_name):

@@ -146,6 +146,7 @@ def test_xception_encoder_matches_smp():
                                   strict=True)
 
 
+@pytest.mark.slow
 def test_torchvision_inception_checkpoint_with_aux_logits_converts():
   """torchvision's names are timm's; its ``AuxLogits`` (not built here, nor by timm by default)
   are dropped, and the logits are torchvision's eval-mode ones."""

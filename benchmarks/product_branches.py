@@ -27,15 +27,16 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import softmax
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
 import environment  # benchmarks/environment.py, beside this script
 import quality
 from flaxderm.data import pipeline
+from flaxderm.models import fusion
 from flaxderm.tools import run as run_lib
 
 PACKAGES = ("jax", "scikit-learn")
-METADATA_HEAD = "metadata_head"  # flaxderm.models.fusion's metadata classifier
 SYSTEMS = ("image branch", "metadata branch", "product")
 
 
@@ -48,7 +49,7 @@ def branch_logits(workdir: Path
   if run.cfg.model.metadata_fusion != "product" or not run.metadata_fields:
     raise SystemExit(f"{workdir}: not a model.metadata_fusion='product' run with data.metadata")
   member = run.members[0]
-  head = member.state.params[METADATA_HEAD]
+  head = member.state.params[fusion.METADATA_HEAD]
   kernel, bias = np.asarray(head["kernel"]), np.asarray(head["bias"])
   labels, ids, product, metadata = [], [], [], []
   for batch in pipeline.make_eval_iterator(member.data_cfg, global_batch_size=32):
@@ -68,8 +69,7 @@ def branch_logits(workdir: Path
 def scored(labels: np.ndarray, ids: list[str], logits: np.ndarray, step: int) -> dict:
   """A ``quality.py`` row: balanced accuracy, accuracy, macro AUC, steps, per-case predictions
   and their ids (so that its pooled bootstrap pairs the cases)."""
-  z = logits - logits.max(axis=1, keepdims=True)
-  probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+  probs = softmax(logits, axis=1)
   predictions = probs.argmax(axis=1)
   return {"balanced accuracy": balanced_accuracy_score(labels, predictions),
           "accuracy": accuracy_score(labels, predictions),

@@ -15,6 +15,7 @@ pytest.importorskip("sklearn")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import product_branches  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flaxderm.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flaxderm.models import fusion  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flaxderm.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tiny_runs import metadata_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -46,7 +47,7 @@ def test_the_branches_are_the_product_runs_two_classifiers(tmp_path, capsys):
   labels, ids, logits, member = product_branches.branch_logits(keep / "flaxderm_0")
   assert len(labels) == len(set(ids)) == cfg.data.builder_kwargs["num_validation"]
   np.testing.assert_allclose(_log_softmax(logits["image branch"]),
-                             _without(member, product_branches.METADATA_HEAD), atol=1e-4)
+                             _without(member, fusion.METADATA_HEAD), atol=1e-4)
   np.testing.assert_allclose(_log_softmax(logits["metadata branch"]),
                              _without(member, "head"), atol=1e-4)
   assert np.abs(logits["metadata branch"]).max() > 0  # the metadata classifier was trained

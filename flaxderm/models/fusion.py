@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 FUSIONS = ("concat", "metablock", "late", "product")
 BACKBONE = "backbone"  # the field, hence the name of the backbone's parameters
+METADATA_HEAD = "metadata_head"  # the parameters of "late" and "product"'s metadata classifier
 
 
 class BranchLogits(NamedTuple):
@@ -104,7 +105,7 @@ class MetadataFusion(nn.Module):
     if self.fusion in ("late", "product"):
       metadata_logits = nn.Dense(self.num_classes, dtype=self.dtype,
                                  kernel_init=nn.initializers.zeros,
-                                 name="metadata_head")(metadata).astype(logits.dtype)
+                                 name=METADATA_HEAD)(metadata).astype(logits.dtype)
       if self.fusion == "product" and train:
         return BranchLogits(logits + metadata_logits, (logits, metadata_logits))
       logits = logits + metadata_logits

@@ -2,9 +2,10 @@
 from flaxderm.train import config as config_lib
 
 
-def transformer_config(model: str, weights: str, arg=None):
+def transformer_config(model: str, weights: str, arg=None, **runlocal_model):
   """7-class HAM10000 (grouped hashed split), ImageNet weights, AdamW with warmup-cosine, class
-  weights by inverse square-root frequency, best balanced accuracy kept."""
+  weights by inverse square-root frequency, best balanced accuracy kept; ``runlocal_model``: the
+  fewer blocks of the ``runlocal`` smoke run."""
   c = config_lib.default_config()
   c.model.name = model
   c.model.kwargs = {"drop_path_rate": 0.1}
@@ -30,5 +31,5 @@ def transformer_config(model: str, weights: str, arg=None):
   c.eval.best_metric = "balanced_accuracy"
   c.final_params = "best"
   if arg == "runlocal":
-    config_lib.runlocal(c)
+    config_lib.runlocal(c, **runlocal_model)
   return c

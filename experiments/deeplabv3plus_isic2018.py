@@ -33,5 +33,5 @@ def get_config(arg=None):
   c.eval.batch_size = 8
   c.final_params = "best"
   if arg == "runlocal":
-    config_lib.runlocal(c, decoder_channels=32)
+    config_lib.runlocal(c, decoder_channels=32, encoder_kwargs={"depths": (1, 1, 1, 1)})
   return c

@@ -36,13 +36,11 @@ the decisions to nv. The same held-out runs with the logit-adjusted decisions (2
 ``--rescore``): balanced accuracy 0.6455 and 0.6211 against the reference's 0.6173 (+0.028 and
 +0.004, 3 of 5 folds each), accuracy 0.10 lower (the rare classes are predicted more often).
 """
-from flaxderm.train import config as config_lib
-
-from ._lite0_cpu import isic_task3
+from ._lite0_cpu import isic_task3, runlocal
 
 
 def get_config(arg=None):
   c = isic_task3()
   if arg == "runlocal":
-    config_lib.runlocal(c)
+    runlocal(c)
   return c

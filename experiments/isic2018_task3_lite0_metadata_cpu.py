@@ -13,11 +13,14 @@ EfficientNet's pooled features (``model.metadata_fusion="concat"``; "metablock" 
 map instead). Not ``dx_type`` or ``dataset``: they derive from the label and the collection
 (``flaxderm.data.clinical.NEVER_INPUTS``).
 """
-from ._lite0_cpu import isic_task3
+from ._lite0_cpu import isic_task3, runlocal
 from ._metadata import with_metadata
 
 FIELDS = ("age", "sex", "site")
 
 
 def get_config(arg=None):
-  return with_metadata(isic_task3(), FIELDS, "concat", arg)
+  c = with_metadata(isic_task3(), FIELDS, "concat")
+  if arg == "runlocal":
+    runlocal(c)
+  return c

@@ -12,13 +12,11 @@ PAD-UFES-20, split by
 patient (``group`` is the patient id: ``hashed`` holds out about 30% of the patients, ``--folds``
 makes patient-grouped folds). Its subgroup audit at 300 s is in benchmarks/RESULTS.md.
 """
-from flaxderm.train import config as config_lib
-
-from ._lite0_cpu import pad_ufes20
+from ._lite0_cpu import pad_ufes20, runlocal
 
 
 def get_config(arg=None):
   c = pad_ufes20()
   if arg == "runlocal":
-    config_lib.runlocal(c)
+    runlocal(c)
   return c

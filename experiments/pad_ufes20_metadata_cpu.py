@@ -20,7 +20,7 @@ against 0.882, balanced accuracy 0.624 against 0.615; benchmarks/RESULTS.md, 202
 ``product`` trains those two classifiers each on its own loss (same settings: macro AUC 0.928,
 balanced accuracy 0.637; the reference 0.880 and 0.535).
 """
-from ._lite0_cpu import pad_ufes20
+from ._lite0_cpu import pad_ufes20, runlocal
 from ._metadata import with_metadata
 
 FIELDS = ("age", "sex", "site", "fitzpatrick", "smoke", "drink", "background_father",
@@ -30,4 +30,7 @@ FIELDS = ("age", "sex", "site", "fitzpatrick", "smoke", "drink", "background_fat
 
 
 def get_config(arg=None):
-  return with_metadata(pad_ufes20(), FIELDS, "metablock", arg)
+  c = with_metadata(pad_ufes20(), FIELDS, "metablock")
+  if arg == "runlocal":
+    runlocal(c)
+  return c

@@ -35,5 +35,5 @@ def get_config(arg=None):
   c.eval.best_metric = "accuracy"
   c.final_params = "best"
   if arg == "runlocal":
-    config_lib.runlocal(c)
+    config_lib.runlocal(c, depths=(1, 1, 1, 1))
   return c

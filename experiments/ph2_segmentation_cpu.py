@@ -32,5 +32,5 @@ def get_config(arg=None):
   c.budget_s = 900.0
   c.eval.tta = "hflip"
   if arg == "runlocal":
-    config_lib.runlocal(c)
+    config_lib.runlocal(c, encoder_kwargs={"depth_multiplier": 0.3})
   return c

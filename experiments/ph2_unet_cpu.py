@@ -18,5 +18,5 @@ from ._ph2 import recipe
 def get_config(arg=None):
   c = recipe()
   if arg == "runlocal":
-    config_lib.runlocal(c)
+    config_lib.runlocal(c, encoder_kwargs={"depths": (1, 1, 1, 1)})
   return c

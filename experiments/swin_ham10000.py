@@ -11,4 +11,4 @@ from ._ham10000_transformer import transformer_config
 
 
 def get_config(arg=None):
-  return transformer_config("swin_tiny", "swin_tiny.ms_in1k", arg)
+  return transformer_config("swin_tiny", "swin_tiny.ms_in1k", arg, depths=(2, 1, 1, 1))

@@ -12,4 +12,4 @@ from ._ham10000_transformer import transformer_config
 
 
 def get_config(arg=None):
-  return transformer_config("vit_tiny", "vit_tiny.augreg_in21k_ft_in1k", arg)
+  return transformer_config("vit_tiny", "vit_tiny.augreg_in21k_ft_in1k", arg, depth=2)

@@ -1,7 +1,8 @@
 """Every experiment file and the launch.py command line.
 
 Each experiment's full config validates and names its command; its ``runlocal`` form (same
-architecture and recipe, synthetic data, 32 px) trains and is scored. The command line turns a bad
+architecture and recipe with fewer blocks and narrower widths, synthetic data, 32 px) trains and
+is scored. The command line turns a bad
 experiment name, config key or value, and a missing dataset into one clear error line.
 """
 from __future__ import annotations

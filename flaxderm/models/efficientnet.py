@@ -33,7 +33,9 @@ strides 2, 4, 8, 16, 32); ``conv_head`` is not part of the encoder.
 ``output_stride`` 16 or 8 trades the stride of the last stages for dilation of their depthwise
 convs (timm's rule, see ``encoder.stage_dilations``); inputs must be divisible by
 ``output_stride`` (32 by default). ``drop_path_rate`` grows linearly over the blocks, block i of n
-getting ``rate * i / n`` (timm's EfficientNet rule).
+getting ``rate * i / n`` (timm's EfficientNet rule). ``depth_multiplier`` scales every stage's
+repeats, rounded up: 0.3 leaves one block per stage but one of two (B0 and Lite0), every block
+type kept, which the experiments' ``runlocal`` smoke runs train.
 """
 from __future__ import annotations
 
@@ -74,12 +76,14 @@ EFFICIENTNET_B0 = (
 )
 
 
-def scaled_stages(stages: Sequence[Stage], *, width: float, depth: float,
+def scaled_stages(stages: Sequence[Stage], *, width: float = 1.0, depth: float = 1.0,
                   fix_first_last: bool = False) -> tuple[Stage, ...]:
   """Compound scaling as timm's EfficientNet builder: channels times ``width`` rounded to a
   multiple of 8 (never below 90% of the product), repeats times ``depth`` rounded up, except the
   first and last stage with ``fix_first_last`` (the Lite models)."""
   def channels(c: int) -> int:
+    if width == 1.0:
+      return c
     rounded = max(8, int(c * width + 4) // 8 * 8)
     return rounded + 8 if rounded < 0.9 * c * width else rounded
 
@@ -154,12 +158,14 @@ class EfficientNet(ConvNet):
   norm_epsilon: float = 1e-5
   features_include_head: bool = False
   drop_rate: float = 0.2
+  depth_multiplier: float = 1.0  # every stage's repeats times this, rounded up (timm's option)
 
   @property
   def _stages(self) -> tuple[Stage, ...]:
-    """``stages`` as ``Stage`` tuples: a config saved as JSON (``model.kwargs.stages``, e.g. a
-    narrow test model) gives them back as lists."""
-    return tuple(Stage(*stage) for stage in self.stages)
+    """``stages`` as ``Stage`` tuples (a config saved as JSON, ``model.kwargs.stages``, gives them
+    back as lists), their repeats scaled by ``depth_multiplier``."""
+    return scaled_stages(tuple(Stage(*stage) for stage in self.stages),
+                         depth=self.depth_multiplier)
 
   def _levels(self) -> list[int]:
     """The nominal stride at the end of each stage (before dilation replaces any stride)."""
@@ -215,7 +221,7 @@ class EfficientNet(ConvNet):
 
 
 @register_model(task="classification", family="efficientnet", default_input_size=224,
-                test_options={})
+                test_options={"stages": scaled_stages(EFFICIENTNET_B0, width=0.25, depth=0.3)})
 def efficientnet_b0(*, num_classes: int, **options) -> EfficientNet:
   """EfficientNet-B0 as timm's ``efficientnet_b0`` (SiLU, SE); 5.3M parameters at 1000 classes."""
   return EfficientNet(num_classes=num_classes, model_name="efficientnet_b0", **options)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from flaxderm.models.efficientnet import TIMM_SE_RULES, EfficientNet, Stage
+from flaxderm.models.efficientnet import TIMM_SE_RULES, EfficientNet, Stage, scaled_stages
 from flaxderm.models import weights
 from flaxderm.models.naming import NameRules, register_rules
 from flaxderm.models.registry import register_model
@@ -48,7 +48,7 @@ class MobileNetV2(EfficientNet):
 
 
 @register_model(task="classification", family="mobilenet", default_input_size=224,
-                test_options={})
+                test_options={"stages": scaled_stages(MOBILENET_V2, width=0.25, depth=0.3)})
 def mobilenet_v2(*, num_classes: int, **options) -> MobileNetV2:
   """MobileNetV2 width 1.0 (torchvision, timm ``mobilenetv2_100``); 3.5M parameters at 1000
   classes."""

@@ -135,7 +135,8 @@ def _resnet(model_name: str, depths: Sequence[int], bottleneck: bool, /, *, num_
                 **{"depths": tuple(depths), "bottleneck": bottleneck, **options})
 
 
-@register_model(task="classification", family="resnet", default_input_size=224, test_options={})
+@register_model(task="classification", family="resnet", default_input_size=224,
+                test_options={"depths": (1, 1, 1, 1)})
 def resnet18(*, num_classes: int, **options) -> ResNet:
   """ResNet-18 (BasicBlocks 2-2-2-2), torchvision layout; 11.7M parameters at 1000 classes."""
   return _resnet("resnet18", (2, 2, 2, 2), False, num_classes=num_classes, **options)

@@ -278,18 +278,19 @@ class SwinTransformer(nn.Module):
                     param_dtype=self.param_dtype, name="head")(x)
 
 
-def _swin(model_name: str, *, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int],
+def _swin(model_name: str, depths: Sequence[int], /, *, embed_dim: int, num_heads: Sequence[int],
           num_classes: int, **options) -> SwinTransformer:
+  # Options may override the variant's depths (e.g. tiny test models).
   return SwinTransformer(num_classes=num_classes, patch_size=4, embed_dim=embed_dim,
-                         depths=tuple(depths), num_heads=tuple(num_heads), model_name=model_name,
-                         **options)
+                         num_heads=tuple(num_heads), model_name=model_name,
+                         **{"depths": tuple(depths), **options})
 
 
 @register_model(task="classification", family="swin", default_input_size=224,
-                gradcam_layer=GRADCAM_LAYER, test_options={})
+                gradcam_layer=GRADCAM_LAYER, test_options={"depths": (2, 1, 1, 1)})
 def swin_tiny(*, num_classes: int, **options) -> SwinTransformer:
   """Swin-T (timm swin_tiny_patch4_window7_224): width 96, depths 2-2-6-2, 28.3M parameters."""
-  return _swin("swin_tiny", embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+  return _swin("swin_tiny", (2, 2, 6, 2), embed_dim=96, num_heads=(3, 6, 12, 24),
                num_classes=num_classes, **options)
 
 
@@ -297,7 +298,7 @@ def swin_tiny(*, num_classes: int, **options) -> SwinTransformer:
                 gradcam_layer=GRADCAM_LAYER)
 def swin_small(*, num_classes: int, **options) -> SwinTransformer:
   """Swin-S (timm swin_small_patch4_window7_224): width 96, depths 2-2-18-2, 49.6M parameters."""
-  return _swin("swin_small", embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
+  return _swin("swin_small", (2, 2, 18, 2), embed_dim=96, num_heads=(3, 6, 12, 24),
                num_classes=num_classes, **options)
 
 
@@ -305,7 +306,7 @@ def swin_small(*, num_classes: int, **options) -> SwinTransformer:
                 gradcam_layer=GRADCAM_LAYER)
 def swin_base(*, num_classes: int, **options) -> SwinTransformer:
   """Swin-B (timm swin_base_patch4_window7_224): width 128, depths 2-2-18-2, 87.8M parameters."""
-  return _swin("swin_base", embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
+  return _swin("swin_base", (2, 2, 18, 2), embed_dim=128, num_heads=(4, 8, 16, 32),
                num_classes=num_classes, **options)
 
 

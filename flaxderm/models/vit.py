@@ -255,12 +255,13 @@ def simple_feature_pyramid(x: jax.Array, stride: int) -> list[jax.Array]:
 
 
 def _vit(model_name: str, *, embed_dim: int, num_heads: int, num_classes: int, **options):
-  return VisionTransformer(num_classes=num_classes, patch_size=16, embed_dim=embed_dim, depth=12,
-                           num_heads=num_heads, model_name=model_name, **options)
+  # Options may override the variant's depth (e.g. tiny test models).
+  return VisionTransformer(num_classes=num_classes, patch_size=16, embed_dim=embed_dim,
+                           num_heads=num_heads, model_name=model_name, **{"depth": 12, **options})
 
 
 @register_model(task="classification", family="vit", default_input_size=224,
-                gradcam_layer=GRADCAM_LAYER, test_options={})
+                gradcam_layer=GRADCAM_LAYER, test_options={"depth": 2})
 def vit_tiny(*, num_classes: int, **options) -> VisionTransformer:
   """ViT-Ti/16 (timm vit_tiny_patch16_224): width 192, 12 blocks, 3 heads, 5.7M parameters."""
   return _vit("vit_tiny", embed_dim=192, num_heads=3, num_classes=num_classes, **options)

@@ -203,6 +203,18 @@ def test_efficientnet_stages_read_back_from_a_json_config_build_the_same_model()
   assert out.shape == expected_out.shape == (1, 2)
 
 
+def test_depth_multiplier_scales_every_stages_repeats_up():
+  """timm's rule, repeats times the multiplier rounded up: at 0.3, B0's 1-2-2-3-3-4-1 blocks
+  become 1-1-1-1-1-2-1, one stage keeping a block with a shortcut."""
+  variables, _ = _shapes(create_model("efficientnet_b0", num_classes=2, depth_multiplier=0.3),
+                         jnp.zeros((1, 32, 32, 3)))
+  blocks = sorted(k for k in variables["params"] if k.startswith("blocks_"))
+  assert blocks == ["blocks_0_0", "blocks_1_0", "blocks_2_0", "blocks_3_0", "blocks_4_0",
+                    "blocks_5_0", "blocks_5_1", "blocks_6_0"]
+  full, _ = _shapes(create_model("efficientnet_b0", num_classes=2), jnp.zeros((1, 32, 32, 3)))
+  assert len([k for k in full["params"] if k.startswith("blocks_")]) == 16
+
+
 # ---------------------------------------------------------------------------------------------
 # Parity with the PyTorch reference implementations (same weights, eval mode).
 # ---------------------------------------------------------------------------------------------

@@ -79,8 +79,8 @@ def test_model_traces_train_and_eval(name, dtype):
 
 # Compiling and running every variant costs minutes per large model on a 2-core CPU; the variants
 # of a family share their code, so one per family is run for real numbers: the variant that
-# declares ``test_options`` at registration, narrowed there where the family has width options
-# (same code path, a fraction of the compile and run time).
+# declares ``test_options`` at registration, narrowed there (fewer blocks per stage, fewer
+# channels) where the family has such options: same code path, a fraction of the compile time.
 def models_run_for_real() -> list[tuple[str, dict]]:
   """(name, test options) of every registered variant that declares test options, by name."""
   return [(n, dict(model_entry(n).test_options)) for n in list_models()

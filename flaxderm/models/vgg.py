@@ -123,7 +123,8 @@ def _vgg(model_name: str, stages: Sequence[Sequence[int]], norm: str, /, *, num_
 
 
 @register_model(task="classification", family="vgg", default_input_size=224,
-                test_options={"mlp_ratio": 1 / 64})
+                test_options={"stages": ((16,), (16,), (32, 32), (32, 32), (32, 32)),
+                              "mlp_ratio": 1 / 64})
 def vgg16(*, num_classes: int, **options) -> VGG:
   """VGG-16 (configuration D, no norm) as timm's ``vgg16``; 138.4M parameters at 1000 classes."""
   return _vgg("vgg16", VGG16, "none", num_classes=num_classes, **options)

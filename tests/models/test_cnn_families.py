@@ -15,6 +15,7 @@ import pytest
 
 from flaxderm.models import create_model, list_models, model_entry
 from flaxderm.models.efficientnet import Stage
+from rng import rbg_key
 
 # torchvision / timm at 224 px, 1000 classes (trainable parameters; batch statistics excluded).
 PARAM_COUNTS = {
@@ -42,12 +43,6 @@ HEADS = {"resnet": "fc", "efficientnet": "classifier", "mobilenet": "classifier"
 # without a shortcut, 3x3 and 5x5 depthwise kernels, every stride level, a few channels.
 TINY_STAGES = (Stage(1, 3, 1, 1, 8), Stage(1, 3, 2, 4, 8), Stage(2, 5, 2, 2, 16),
                Stage(1, 3, 2, 2, 16), Stage(1, 3, 2, 2, 24))
-
-
-def _key(seed: int) -> jax.Array:
-  """An "rbg" key for models that really run: XLA compiles threefry initialisation of a model's
-  many parameters several times slower on CPU, which dominated these tests' time."""
-  return jax.random.key(seed, impl="rbg")
 
 
 def _count(tree) -> int:
@@ -126,10 +121,11 @@ def _tiny(name, **options):
 def test_group_norm_runs_without_batch_stats(name):
   model = _tiny(name, num_classes=3, norm="group")
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  variables = jax.jit(model.init)(_key(1), x)
+  variables = jax.jit(model.init)(rbg_key(1), x)
   assert "batch_stats" not in variables
   assert any("gn" in path for path in flax.traverse_util.flatten_dict(variables["params"]))
-  out = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": _key(2)}))(variables, x)
+  out = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": rbg_key(2)}))(
+      variables, x)
   assert out.shape == (2, 3) and np.isfinite(out).all()
 
 
@@ -139,7 +135,7 @@ def test_zero_init_last(name):
   """Each residual block's last norm starts at gamma 0 (the block starts as its shortcut); the
   other norms, the shortcut projection's included, start at 1."""
   model = _tiny(name, num_classes=2, zero_init_last=True)
-  params = jax.jit(model.init)(_key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  params = jax.jit(model.init)(rbg_key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   blocks = [v for k, v in params.items() if re.fullmatch(r"(layer|blocks_)\d+_\d+", k)]
   assert len(blocks) == (4 if name.startswith("resnet") else sum(s.repeats for s in TINY_STAGES))
   for block in blocks:
@@ -153,11 +149,11 @@ def test_zero_init_last(name):
 def test_drop_path_is_stochastic_only_in_training(name):
   model = _tiny(name, num_classes=0, drop_path_rate=0.5)
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-  variables = jax.jit(model.init)(_key(1), x)
+  variables = jax.jit(model.init)(rbg_key(1), x)
 
   @jax.jit
   def train(seed):
-    return model.apply(variables, x, train=True, rngs={"dropout": _key(seed)},
+    return model.apply(variables, x, train=True, rngs={"dropout": rbg_key(seed)},
                        mutable=["batch_stats"])[0]
 
   assert not np.allclose(train(0), train(1))

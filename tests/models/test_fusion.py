@@ -16,19 +16,14 @@ from flaxderm.train import config as config_lib
 from flaxderm.train import optim
 from flaxderm.train import step as step_lib
 from flaxderm.train.state import create_train_state
+from rng import rbg_key
 
 FAMILIES = [("resnet18", {"depths": (1, 1, 1, 1)}),
             ("densenet121", {"depths": (1, 2, 2, 1), "growth_rate": 8})]
 
 
-def _key(seed):
-  """An "rbg" key: XLA:CPU compiles threefry initialisation several times slower (the same choice
-  as tests/models/test_models.py); the values do not matter here."""
-  return jax.random.key(seed, impl="rbg")
-
-
 def _init(model, x, m):
-  return jax.jit(model.init, static_argnames="train")({"params": _key(0), "dropout": _key(1)},
+  return jax.jit(model.init, static_argnames="train")({"params": rbg_key(0), "dropout": rbg_key(1)},
                                                        x, m, train=False)
 
 
@@ -45,7 +40,7 @@ def test_fusion_heads_train_their_metadata_parameters(name, options, fusion):
 
   def loss(params):
     out, _ = model.apply({**variables, "params": params}, x, m, train=True,
-                         mutable=["batch_stats"], rngs={"dropout": _key(4)})
+                         mutable=["batch_stats"], rngs={"dropout": rbg_key(4)})
     out = step_lib.main_output(out)  # the product's prediction in training mode
     return jnp.sum(out ** 2), out
 

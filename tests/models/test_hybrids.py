@@ -18,13 +18,10 @@ from flaxderm.models.segmentation import SegmentationModel
 from flaxderm.models.swin import SwinTransformer
 from flaxderm.models.transunet import NeckLevel
 from flaxderm.models.vit import VisionTransformer
+from rng import rbg_key
 
 SIZE = 64
 NUM_CLASSES = 2
-
-
-def _key(seed):
-  return jax.random.key(seed, impl="rbg")  # compiles faster than threefry on XLA:CPU
 
 
 def _count(tree) -> int:
@@ -33,7 +30,7 @@ def _count(tree) -> int:
 
 def _init_shapes(model, size=SIZE):
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  return jax.eval_shape(functools.partial(model.init, _key(0)), x)
+  return jax.eval_shape(functools.partial(model.init, rbg_key(0)), x)
 
 
 TINY_ENCODERS = {
@@ -63,11 +60,11 @@ def check_trains(model, x, *, every_parameter: bool):
   init). Returns the variables."""
   @jax.jit
   def run(x):
-    variables = model.init({"params": _key(0), "dropout": _key(1)}, x)
+    variables = model.init({"params": rbg_key(0), "dropout": rbg_key(1)}, x)
 
     def loss(params):
       out, _ = model.apply({**variables, "params": params}, x, train=True,
-                           mutable=["batch_stats"], rngs={"dropout": _key(2)})
+                           mutable=["batch_stats"], rngs={"dropout": rbg_key(2)})
       return jnp.mean(jnp.square(out - 1))  # not minimal at a zero-initialised head's output
 
     return variables, model.apply(variables, x), jax.grad(loss)(variables["params"])
@@ -113,7 +110,7 @@ TINY_TRANSUNET = dict(img_size=SIZE, neck_channels=(8, 8, 16, 16),
 def test_transunet_trains(tiny_encoders):
   model = create_model("transunet", num_classes=NUM_CLASSES, encoder_name="vit_test_p16",
                        **TINY_TRANSUNET)
-  check_trains(model, jax.random.normal(_key(3), (2, SIZE, SIZE, 3)), every_parameter=True)
+  check_trains(model, jax.random.normal(rbg_key(3), (2, SIZE, SIZE, 3)), every_parameter=True)
 
 
 @pytest.mark.parametrize("encoder,ups", [("vit_test_p16", {4: 2, 8: 1, 16: 0, 32: -1}),
@@ -173,7 +170,7 @@ def test_transunet_bad_input_size_is_named():
 def test_transunet_state_dict_round_trip(tiny_encoders):
   """The neck's mechanical names survive to_state_dict -> from_state_dict exactly."""
   model = create_model("transunet", num_classes=1, encoder_name="vit_test_p16", **TINY_TRANSUNET)
-  variables = jax.jit(lambda x: model.init(_key(0), x))(jnp.zeros((1, SIZE, SIZE, 3)))
+  variables = jax.jit(lambda x: model.init(rbg_key(0), x))(jnp.zeros((1, SIZE, SIZE, 3)))
   state_dict = convert.to_state_dict(variables, model)
   assert "neck_stride4.up.1.proj.weight" in state_dict and "encoder.pos_embed" in state_dict
   restored, report = convert.from_state_dict(state_dict, model)
@@ -192,7 +189,7 @@ def test_transunet_encoder_loads_timm_vit():
                         calibration(SIZE))
   model = create_model("transunet", num_classes=1, encoder_name="vit_tiny", img_size=SIZE)
   state_dict = {k: v.numpy() for k, v in reference.state_dict().items()}
-  variables, report = convert.from_state_dict(state_dict, model, rng=_key(0))
+  variables, report = convert.from_state_dict(state_dict, model, rng=rbg_key(0))
   assert set(report.dropped) == {"head.weight", "head.bias"} and not report.adapted
   assert report.loaded == len(state_dict) - 2
   assert {p.split("/")[1] for p in report.initialised} == set(variables["params"]) - {"encoder"}
@@ -238,7 +235,7 @@ def test_decoder_traces_on_swin(tiny_encoders, decoder):
 
   def loss(params, variables):
     out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
-                         rngs={"dropout": _key(2)})
+                         rngs={"dropout": rbg_key(2)})
     return jnp.mean(jnp.square(out - 1))
 
   grads = jax.eval_shape(jax.grad(loss), variables["params"], variables)
@@ -250,7 +247,7 @@ def test_decoder_traces_on_swin(tiny_encoders, decoder):
 # each on Swin too cost 185 s of the full suite and ran no code those two do not.
 @pytest.mark.slow
 def test_unet_trains_on_swin(tiny_encoders):
-  check_trains(_swin_model("unet"), jax.random.normal(_key(3), (2, SIZE, SIZE, 3)),
+  check_trains(_swin_model("unet"), jax.random.normal(rbg_key(3), (2, SIZE, SIZE, 3)),
                every_parameter=False)
 
 

@@ -20,22 +20,18 @@ import pytest
 
 import flaxderm.models
 from flaxderm.models import create_model, list_models, model_entry, registry
+from rng import rbg_key
 
 SIZE = 64
 NUM_CLASSES = 3
 
 
-# "rbg" keys compile several times faster than threefry on XLA:CPU; the numbers do not matter here.
-def _key(seed):
-  return jax.random.key(seed, impl="rbg")
-
-
 def _init(model, x):
-  return model.init({"params": _key(0), "dropout": _key(1)}, x, train=False)
+  return model.init({"params": rbg_key(0), "dropout": rbg_key(1)}, x, train=False)
 
 
 def _apply(model, variables, x, train, **kwargs):
-  out = model.apply(variables, x, train=train, rngs={"dropout": _key(2)},
+  out = model.apply(variables, x, train=train, rngs={"dropout": rbg_key(2)},
                     mutable=["batch_stats"] if train else False, **kwargs)
   return out[0] if train else out
 
@@ -96,7 +92,7 @@ def test_every_family_is_run_for_real_once():
 def check_runs_with_finite_gradients(name, options, dtype):
   """Init, forward in eval mode, and finite, non-zero gradients of a train-mode loss, all jitted."""
   model = create_model(name, num_classes=NUM_CLASSES, dtype=dtype, **options)
-  x = jax.random.normal(_key(3), (2, _size(name), _size(name), 3))
+  x = jax.random.normal(rbg_key(3), (2, _size(name), _size(name), 3))
   variables = jax.jit(functools.partial(_init, model))(x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
   eval_out = jax.jit(lambda v, x: _apply(model, v, x, False))(variables, x)
@@ -239,8 +235,8 @@ def test_bad_input_names_model_and_shape(name):
   # Classifiers take any size (as timm's); their encoder maps need exact strides.
   encoder = {"features_only": True} if model_entry(name).task == "classification" else {}
   with pytest.raises(ValueError, match=rf"{named}.*\b50x50\b"):
-    jax.eval_shape(lambda x: model.init({"params": _key(0), "dropout": _key(1)}, x, train=False,
-                                        **encoder), jnp.zeros((1, 50, 50, 3)))
+    jax.eval_shape(lambda x: model.init({"params": rbg_key(0), "dropout": rbg_key(1)}, x,
+                                        train=False, **encoder), jnp.zeros((1, 50, 50, 3)))
 
 
 def test_registry_lists_every_family():

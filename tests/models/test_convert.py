@@ -214,7 +214,8 @@ def test_vit_position_embedding_resampled():
   np.testing.assert_allclose(loaded["params"]["pos_embed"], expected, rtol=0, atol=0)
   x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
   # The 224 model resamples in its forward pass with the same function: the same network.
-  np.testing.assert_allclose(small.apply(loaded, x), big.apply(variables, x), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(jax.jit(small.apply)(loaded, x), jax.jit(big.apply)(variables, x),
+                             atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -228,7 +229,8 @@ def test_swin_bias_tables_cropped_to_clamped_windows():
   assert loaded["params"]["layers_3"]["blocks_0"]["attn"]["relative_position_bias_table"].shape == (
       9, 24)
   x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
-  np.testing.assert_allclose(small.apply(loaded, x), big.apply(variables, x), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(jax.jit(small.apply)(loaded, x), jax.jit(big.apply)(variables, x),
+                             atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from flaxderm.models import convert, create_model, pretrained  # noqa: E402
-from torch_reference import (TOLERANCE, calibration, check_export, images, nchw,  # noqa: E402
-                             randomize, relative_error, state_dict)
+from torch_reference import (TOLERANCE, apply_jitted, calibration, check_export,  # noqa: E402
+                             images, nchw, randomize, relative_error, state_dict)
 
 pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("torch_seed")]
 
@@ -45,7 +45,7 @@ def test_classifier_matches_timm(name, timm_name, options, size):
   assert not report.adapted and not report.dropped
   with torch.no_grad():
     expected = reference(nchw(x)).numpy()
-  assert relative_error(model.apply(variables, x), expected) <= TOLERANCE
+  assert relative_error(apply_jitted(model, variables, x), expected) <= TOLERANCE
   check_export(variables, model, reference)
 
 
@@ -65,7 +65,7 @@ def test_encoder_maps_match_timm(name, timm_name):
                                          for k in result.unexpected_keys)
   with torch.no_grad():
     expected = [f.permute(0, 2, 3, 1).numpy() for f in features(nchw(x))]
-  ours = model.apply(variables, x, features_only=True)
+  ours = apply_jitted(model, variables, x, features_only=True)
   for o, e in zip(ours, expected, strict=True):
     assert relative_error(o, e) <= TOLERANCE
 
@@ -88,7 +88,7 @@ def test_vit_position_embedding_resampling_matches_timm():
   x = images(64)
   with torch.no_grad():
     expected = reference(nchw(x)).numpy()
-  assert relative_error(model.apply(variables, x), expected) <= TOLERANCE
+  assert relative_error(apply_jitted(model, variables, x), expected) <= TOLERANCE
 
 
 TORCHVISION = [("resnet18", "resnet18"), ("mobilenet_v2", "mobilenet_v2"),
@@ -106,7 +106,7 @@ def test_torchvision_checkpoints(name, tv_name):
   x = images(64)
   with torch.no_grad():
     expected = reference(nchw(x)).numpy()
-  assert relative_error(model.apply(variables, x), expected) <= TOLERANCE
+  assert relative_error(apply_jitted(model, variables, x), expected) <= TOLERANCE
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_unet_matches_smp(encoder, attention):
   x = images(64)
   with torch.no_grad():
     masks, labels = reference(nchw(x))
-  ours_masks, ours_labels = model.apply(variables, x)
+  ours_masks, ours_labels = apply_jitted(model, variables, x)
   assert relative_error(np.transpose(ours_masks, (0, 3, 1, 2)), masks.numpy()) <= TOLERANCE
   assert relative_error(ours_labels, labels.numpy()) <= TOLERANCE
   if encoder == "resnet18":
@@ -182,7 +182,7 @@ def test_deeplabv3plus_matches_smp():
   x = images(64)
   with torch.no_grad():
     expected = reference(nchw(x)).numpy()
-  ours = np.transpose(model.apply(variables, x), (0, 3, 1, 2))
+  ours = np.transpose(apply_jitted(model, variables, x), (0, 3, 1, 2))
   assert relative_error(ours, expected) <= TOLERANCE
   check_export(variables, model, reference)
 
@@ -210,7 +210,7 @@ def test_efficientnet_lite_imagenet_sees_a_cat(k):
   assert info.normalization == "symmetric" and info.report.checkpoint_classes == 1000
   assert info.input_size == (224, 240, 260)[k]
   x = chelsea(info.input_size, info.mean, info.std)
-  logits = np.asarray(model.apply(variables, x))[0]
+  logits = np.asarray(apply_jitted(model, variables, x))[0]
   top5 = np.argsort(-logits)[:5]
   assert top5[0] in range(281, 286), top5  # tabby, tiger, Persian, Siamese or Egyptian cat
 

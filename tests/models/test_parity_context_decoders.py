@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 smp = pytest.importorskip("segmentation_models_pytorch")
 
 from flaxderm.models import convert, create_model  # noqa: E402
-from torch_reference import (TOLERANCE, calibration, check_export, images, nchw,  # noqa: E402
-                             randomize, relative_error, state_dict)
+from torch_reference import (TOLERANCE, apply_jitted, calibration, check_export,  # noqa: E402
+                             images, nchw, randomize, relative_error, state_dict)
 
 pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("torch_seed")]
 
@@ -38,7 +38,7 @@ def check_parity(reference, name: str, options: dict, size: int = 64, aux: bool 
   x = images(size)
   with torch.no_grad():
     expected = reference(nchw(x))
-  ours = model.apply(variables, x)
+  ours = apply_jitted(model, variables, x)
   if aux:
     (expected, expected_labels), (ours, ours_labels) = expected, ours
     assert relative_error(ours_labels, expected_labels.numpy()) <= TOLERANCE

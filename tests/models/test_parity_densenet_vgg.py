@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from flaxderm.models import convert, create_model  # noqa: E402
-from torch_reference import (TOLERANCE, calibration, check_export, images, nchw,  # noqa: E402
-                             randomize, relative_error, state_dict)
+from torch_reference import (TOLERANCE, apply_jitted, calibration, check_export,  # noqa: E402
+                             images, nchw, randomize, relative_error, state_dict)
 
 pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("torch_seed")]
 
@@ -61,7 +61,7 @@ def test_classifier_matches_timm(name, options):
   assert not report.adapted and not report.dropped
   with torch.no_grad():
     expected = reference(nchw(x)).numpy()
-  assert relative_error(jax.jit(model.apply)(variables, x), expected) <= TOLERANCE
+  assert relative_error(apply_jitted(model, variables, x), expected) <= TOLERANCE
   check_export(variables, model, reference)
 
 
@@ -77,7 +77,7 @@ def test_tiny_densenet_matches_timm_at_any_size(height, width):
   x = np.random.default_rng(0).normal(size=(2, height, width, 3)).astype(np.float32)
   with torch.no_grad():
     expected = reference(nchw(x)).numpy()
-  assert relative_error(jax.jit(model.apply)(variables, x), expected) <= TOLERANCE
+  assert relative_error(apply_jitted(model, variables, x), expected) <= TOLERANCE
 
 
 # Odd and non-square inputs around timm's 7x7 pooling rule, on a tiny VGG (same code path): a
@@ -95,7 +95,7 @@ def test_vgg_pre_logits_pooling_matches_timm(height, width):
   x = np.random.default_rng(0).normal(size=(2, height, width, 3)).astype(np.float32)
   with torch.no_grad():
     expected = reference(nchw(x)).numpy()
-  assert relative_error(jax.jit(model.apply)(variables, x), expected) <= TOLERANCE
+  assert relative_error(apply_jitted(model, variables, x), expected) <= TOLERANCE
 
 
 # VGG's pre_logits is not part of the encoder: narrowed, it costs no memory.
@@ -121,7 +121,7 @@ def test_encoder_matches_smp(name):
   x = images(64)
   with torch.no_grad():
     expected = [f.permute(0, 2, 3, 1).numpy() for f in encoder(nchw(x))[1:]]
-  ours = jax.jit(functools.partial(model.apply, features_only=True))(variables, x)
+  ours = apply_jitted(model, variables, x, features_only=True)
   for stride, o, e in zip((2, 4, 8, 16, 32), ours, expected, strict=True):
     assert o.shape == e.shape == (2, 64 // stride, 64 // stride, o.shape[-1])
     assert relative_error(o, e) <= TOLERANCE, stride
@@ -192,6 +192,6 @@ def test_unet_matches_smp(encoder):
   x = images(64)
   with torch.no_grad():
     expected = reference(nchw(x)).numpy()
-  ours = np.transpose(jax.jit(model.apply)(variables, x), (0, 3, 1, 2))
+  ours = np.transpose(apply_jitted(model, variables, x), (0, 3, 1, 2))
   assert relative_error(ours, expected) <= TOLERANCE
   check_export(variables, model, reference, skip=report.dropped)

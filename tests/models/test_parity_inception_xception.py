@@ -22,8 +22,8 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from flaxderm.models import convert, create_model, model_entry  # noqa: E402
-from torch_reference import (TOLERANCE, calibration, check_export, images, nchw,  # noqa: E402
-                             randomize, relative_error, state_dict)
+from torch_reference import (TOLERANCE, apply_jitted, calibration, check_export,  # noqa: E402
+                             images, nchw, randomize, relative_error, state_dict)
 
 pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("torch_seed")]
 
@@ -39,11 +39,12 @@ FLOAT64 = {"inception_v3"}
 def _ours(model, variables, x, float64: bool, **kwargs):
   """flaxderm's outputs (numpy), in float64 when asked."""
   if not float64:
-    return jax.tree.map(np.asarray, model.apply(variables, x, **kwargs))
+    return jax.tree.map(np.asarray, apply_jitted(model, variables, x, **kwargs))
   with jax.enable_x64(True):
     model = model.clone(dtype=jnp.float64, param_dtype=jnp.float64)
     variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
-    return jax.tree.map(np.asarray, model.apply(variables, jnp.asarray(x, jnp.float64), **kwargs))
+    return jax.tree.map(np.asarray,
+                        apply_jitted(model, variables, jnp.asarray(x, jnp.float64), **kwargs))
 
 
 def _reference(run, module, x, float64: bool):
@@ -131,7 +132,7 @@ def test_xception_encoder_matches_smp():
   assert not report.dropped
   with torch.no_grad():
     expected = [f.permute(0, 2, 3, 1).numpy() for f in reference(nchw(x))[1:]]
-  ours = model.apply(variables, x, features_only=True)
+  ours = apply_jitted(model, variables, x, features_only=True)
   assert tuple(reference.out_channels[1:]) == tuple(model.feature_channels)
   assert [o.shape for o in ours] == [e.shape for e in expected]
   for o, e in zip(ours, expected, strict=True):

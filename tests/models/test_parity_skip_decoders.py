@@ -13,8 +13,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from flaxderm.models import convert, create_model  # noqa: E402
 from flaxderm.models.linknet import TransposedConv4x4  # noqa: E402
-from torch_reference import (TOLERANCE, calibration, check_export, images, nchw,  # noqa: E402
-                             randomize, relative_error, state_dict)
+from torch_reference import (TOLERANCE, apply_jitted, calibration, check_export,  # noqa: E402
+                             images, nchw, randomize, relative_error, state_dict)
 
 pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("torch_seed")]
 
@@ -42,7 +42,7 @@ def test_skip_decoder_matches_smp(name, smp_name, options, smp_options, never_ca
   x = images(64)
   with torch.no_grad():
     masks, labels = reference(nchw(x))
-  ours_masks, ours_labels = model.apply(variables, x)
+  ours_masks, ours_labels = apply_jitted(model, variables, x)
   assert relative_error(np.transpose(ours_masks, (0, 3, 1, 2)), masks.numpy()) <= TOLERANCE
   assert relative_error(ours_labels, labels.numpy()) <= TOLERANCE
   check_export(variables, model, reference, skip=report.dropped)

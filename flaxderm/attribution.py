@@ -38,6 +38,7 @@ Each map is min-max scaled to [0, 1] per image.
 """
 from __future__ import annotations
 
+import functools
 import dataclasses
 import re
 from collections.abc import Callable
@@ -294,6 +295,8 @@ def scaled_map(raw: np.ndarray, method: str, size: tuple[int, int]) -> np.ndarra
 
 def heat_maps(logits_fn: LogitsFn, x: jax.Array, target: TargetFn, method: str, *,
               layer: Layer | None = None, steps: int = DEFAULT_STEPS) -> np.ndarray:
-  """(N, H, W) maps in [0, 1] at the model input's size; ``layer`` for the CAM methods."""
-  raw = raw_map(logits_fn, x, target, method, layer=layer, steps=steps)
+  """(N, H, W) maps in [0, 1] at the model input's size; ``layer`` for the CAM methods. The raw map
+  is one jitted program: run eagerly, each operation of the model's gradient compiles apart."""
+  raw = jax.jit(functools.partial(raw_map, logits_fn, target=target, method=method, layer=layer,
+                                  steps=steps))(x)
   return scaled_map(np.asarray(raw), method, x.shape[1:3])

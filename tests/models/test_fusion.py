@@ -3,6 +3,8 @@ reaching the metadata parameters), MetaBlock's gating, late fusion's sum and the
 branch losses against their formulas."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,7 +69,8 @@ def _tiny_resnet_fusion(fusion, num_classes, side):
   m = jax.random.normal(jax.random.key(3), (2, 4))
   variables = _init(model, x, m)
   backbone_variables = {c: variables[c]["backbone"] for c in ("params", "batch_stats")}
-  return model, x, m, variables, lambda **kwargs: backbone.apply(backbone_variables, x, **kwargs)
+  return model, x, m, variables, lambda **kwargs: jax.jit(
+      functools.partial(backbone.apply, **kwargs))(backbone_variables, x)
 
 
 @pytest.mark.slow
@@ -83,7 +86,7 @@ def test_metablock_gates_the_coarsest_map():
   f, g = dense_norm("metablock_f"), dense_norm("metablock_g")
   gated = jax.nn.sigmoid(jnp.tanh(maps * f[:, None, None]) + g[:, None, None])
   expected = gated.mean((1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
-  np.testing.assert_allclose(model.apply(variables, x, m), expected, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(model.apply)(variables, x, m), expected, atol=1e-5)
 
 
 def test_late_fusion_adds_a_linear_metadata_classifier_starting_at_zero():
@@ -91,10 +94,11 @@ def test_late_fusion_adds_a_linear_metadata_classifier_starting_at_zero():
   p = variables["params"]
   assert not np.any(p["metadata_head"]["kernel"])
   image_logits = backbone() @ p["head"]["kernel"] + p["head"]["bias"]
-  np.testing.assert_allclose(model.apply(variables, x, m), image_logits, atol=1e-5)
+  infer = jax.jit(model.apply)
+  np.testing.assert_allclose(infer(variables, x, m), image_logits, atol=1e-5)
   kernel = jax.random.normal(jax.random.key(4), (4, 3))
   p = {**p, "metadata_head": {"kernel": kernel, "bias": jnp.ones(3)}}
-  np.testing.assert_allclose(model.apply({**variables, "params": p}, x, m),
+  np.testing.assert_allclose(infer({**variables, "params": p}, x, m),
                              image_logits + m @ kernel + 1.0, atol=1e-5)
 
 
@@ -110,9 +114,10 @@ def test_product_fusion_trains_each_branch_on_its_own_loss():
   variables = {**variables, "params": p}
   image_logits = backbone() @ p["head"]["kernel"] + p["head"]["bias"]
   metadata_logits = m @ p["metadata_head"]["kernel"] + 1.0
-  np.testing.assert_allclose(model.apply(variables, x, m), image_logits + metadata_logits,
+  np.testing.assert_allclose(jax.jit(model.apply)(variables, x, m), image_logits + metadata_logits,
                              atol=1e-5)
-  out, _ = model.apply(variables, x, m, train=True, mutable=["batch_stats"])
+  out, _ = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
+      variables, x, m)
   assert isinstance(out, fusion_lib.BranchLogits)
   np.testing.assert_allclose(out.branches[1], metadata_logits, atol=1e-5)
   np.testing.assert_allclose(out.logits, out.branches[0] + out.branches[1], atol=1e-6)
@@ -127,7 +132,7 @@ def test_product_fusion_trains_each_branch_on_its_own_loss():
                            mutable=["batch_stats"])[0].branches
     return task.loss(branches[1], batch)
 
-  grads = jax.grad(metadata_loss)(p)
+  grads = jax.jit(jax.grad(metadata_loss))(p)
   assert not any(np.any(g) for g in jax.tree.leaves(grads["backbone"]))
   assert not np.any(grads["head"]["kernel"]) and np.any(grads["metadata_head"]["kernel"])
 

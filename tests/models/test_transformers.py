@@ -15,6 +15,7 @@ from flaxderm.models import create_model
 from flaxderm.models.layers import resample_position_embedding
 from flaxderm.models.swin import SwinBlock, SwinTransformer, shifted_window_mask
 from flaxderm.models.vit import VisionTransformer
+from rng import rbg_key
 
 # timm 1.0: sum of parameter sizes at 224 px, 1000 classes.
 TIMM_COUNTS = {
@@ -61,8 +62,8 @@ def test_parameter_count_equals_timm(name):
 def test_tiny_model_train_eval_and_encoder(build):
   rates = dict(drop_rate=0.1, proj_drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)
   model = build(**rates)
-  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  variables = jax.jit(model.init)(jax.random.key(1), x)
+  x = jax.random.normal(rbg_key(0), (2, 32, 32, 3))
+  variables = jax.jit(model.init)(rbg_key(1), x)
   assert set(variables) == {"params"}
 
   apply = jax.jit(model.apply, static_argnames=("train", "features_only"))
@@ -78,8 +79,8 @@ def test_tiny_model_train_eval_and_encoder(build):
       return jnp.mean(out ** 2), out
     return jax.value_and_grad(loss, has_aux=True)(params)
 
-  (_, train_a), grads = train_step(variables["params"], jax.random.key(2))
-  (_, train_b), _ = train_step(variables["params"], jax.random.key(3))
+  (_, train_a), grads = train_step(variables["params"], rbg_key(2))
+  (_, train_b), _ = train_step(variables["params"], rbg_key(3))
   assert np.all(np.isfinite(train_a)) and np.all(np.isfinite(train_b))
   assert not np.allclose(train_a, train_b) and not np.allclose(train_a, logits)  # dropout is on
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))

@@ -1,8 +1,10 @@
 """Shared test fixtures: the real-data folder and marker handling."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,17 +39,26 @@ def shared_data() -> Path:
   return path
 
 
+@contextlib.contextmanager
+def data_dir_set_to(path: Path):
+  """$FLAXDERM_DATA_DIR is ``path`` inside the block, and as it was after it."""
+  previous = os.environ.get("FLAXDERM_DATA_DIR")
+  os.environ["FLAXDERM_DATA_DIR"] = str(path)
+  try:
+    yield str(path)
+  finally:
+    if previous is None:
+      del os.environ["FLAXDERM_DATA_DIR"]
+    else:
+      os.environ["FLAXDERM_DATA_DIR"] = previous
+
+
 @pytest.fixture(scope="module")
 def private_data_dir(tmp_path_factory):
   """A private TFDS folder ($FLAXDERM_DATA_DIR) for one test module, so parallel test workers
   never prepare into the same one; modules take it with ``pytest.mark.usefixtures``."""
-  previous = os.environ.get("FLAXDERM_DATA_DIR")
-  os.environ["FLAXDERM_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
-  yield os.environ["FLAXDERM_DATA_DIR"]
-  if previous is None:
-    del os.environ["FLAXDERM_DATA_DIR"]
-  else:
-    os.environ["FLAXDERM_DATA_DIR"] = previous
+  with data_dir_set_to(tmp_path_factory.mktemp("tfds")) as path:
+    yield path
 
 
 @pytest.fixture
@@ -81,17 +92,37 @@ def torch_seed():
   torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module")
-def segmentation_run(tmp_path_factory, private_data_dir):
-  """A tiny trained U-Net run (tiny_runs.py), one per test module."""
-  del private_data_dir  # the module's own TFDS folder
-  from tiny_runs import train_segmentation_run  # pylint: disable=g-import-not-at-top
-  return train_segmentation_run(tmp_path_factory.mktemp("segmentation"))
+@pytest.fixture(scope="session")
+def _trained_tiny_runs(tmp_path_factory):
+  """The tiny runs of tiny_runs.py, each trained at most once per test process (in its own data
+  folder) when a module first asks for it; modules get copies (below), so what one module's tests
+  write into a run never reaches another's."""
+  from tiny_runs import (train_classification_run,  # pylint: disable=g-import-not-at-top
+                         train_segmentation_run)
+  trainers = {"segmentation": train_segmentation_run, "classification": train_classification_run}
+  trained = {}
+
+  def get(kind: str) -> Path:
+    if kind not in trained:
+      with data_dir_set_to(tmp_path_factory.mktemp(f"{kind}_tfds")):
+        trained[kind] = trainers[kind](tmp_path_factory.mktemp(kind))
+    return trained[kind]
+  return get
+
+
+def _module_copy(kind, trained_tiny_runs, tmp_path_factory) -> Path:
+  return Path(shutil.copytree(trained_tiny_runs(kind), tmp_path_factory.mktemp(kind) / "run"))
 
 
 @pytest.fixture(scope="module")
-def classification_run(tmp_path_factory, private_data_dir):
-  """A tiny trained ResNet classifier run (tiny_runs.py), one per test module."""
+def segmentation_run(_trained_tiny_runs, tmp_path_factory, private_data_dir):
+  """A tiny trained U-Net run (tiny_runs.py), a copy per test module."""
+  del private_data_dir  # the module's own TFDS folder, where the run tools prepare its data
+  return _module_copy("segmentation", _trained_tiny_runs, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def classification_run(_trained_tiny_runs, tmp_path_factory, private_data_dir):
+  """A tiny trained ResNet classifier run (tiny_runs.py), a copy per test module."""
   del private_data_dir
-  from tiny_runs import train_classification_run  # pylint: disable=g-import-not-at-top
-  return train_classification_run(tmp_path_factory.mktemp("classification"))
+  return _module_copy("classification", _trained_tiny_runs, tmp_path_factory)

@@ -338,6 +338,7 @@ def test_evaluate_by_pools_the_out_of_fold_cases_of_isic2018_task3(isic_cv_run, 
   assert 'src="subgroups.png"' in page.read_text()
 
 
+@pytest.mark.slow  # the 2-fold cross-validation it reads takes ~20 s to train
 def test_clinical_fields_never_reach_the_model(isic_cv_run):
   cv, _ = isic_cv_run
   data_cfg = setup.eval_data_config(evaluate_lib.run_lib.run_config(cv / "fold_0"))
@@ -345,6 +346,7 @@ def test_clinical_fields_never_reach_the_model(isic_cv_run):
   assert set(batch) == {"image", "label", "valid", "id"}
 
 
+@pytest.mark.slow  # the 2-fold cross-validation it reads takes ~20 s to train
 def test_audit_errors(isic_cv_run, capsys):
   cv, _ = isic_cv_run
   assert cli.main(["evaluate", "--workdir", str(cv), "--by", "fitzpatrick"]) == 1

@@ -11,10 +11,8 @@ import pytest
 
 from flaxderm.tools import compare as compare_lib
 from flaxderm.tools import evaluate as evaluate_lib
-from flaxderm.train import loop
 
 from flaxderm import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tiny_runs import tiny_config  # pylint: disable=g-import-not-at-top
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -160,11 +158,9 @@ def test_manual_dir_scores_a_run_only_when_its_table_is_missing_or_of_other_data
 
 
 @pytest.fixture(scope="module")
-def two_scorings(tmp_path_factory, private_data_dir):
-  """One tiny segmentation run scored as it is, and a copy scored with flip TTA."""
-  del private_data_dir  # prepares the tiny datasets privately
-  plain = tmp_path_factory.mktemp("compare") / "plain"
-  loop.train(tiny_config(), plain)
+def two_scorings(segmentation_run):
+  """The tiny segmentation run (conftest.py) scored as it is, and a copy scored with flip TTA."""
+  plain = segmentation_run
   flips = plain.parent / "flips"
   shutil.copytree(plain, flips)
   evaluate_lib.evaluate_run(plain)

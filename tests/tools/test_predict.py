@@ -106,6 +106,7 @@ def test_flaxderm_load_run_and_bad_directories(segmentation_run, tmp_path):
     run_lib.load_run(segmentation_run, use_ema=True)
 
 
+@pytest.mark.slow  # trains a run of its own
 def test_cross_validation_run_averages_its_folds(segmentation_run, tmp_path):
   other = tmp_path / "other"
   loop.train(tiny_config(seed=7), other)

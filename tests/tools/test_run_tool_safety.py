@@ -150,6 +150,7 @@ def test_predict_refuses_to_write_into_a_folder_it_reads(segmentation_run, tmp_p
   assert cli.main(base + [str(tmp_path / "in"), str(tmp_path / "in" / "a.jpg")]) == 0
 
 
+@pytest.mark.slow  # trains a run of its own
 def test_evaluating_on_the_training_folder_warns_and_earlier_evaluations_are_kept(tmp_path,
                                                                                    caplog):
   from fakes import write_ph2  # pylint: disable=g-import-not-at-top

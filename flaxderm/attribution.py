@@ -38,8 +38,8 @@ Each map is min-max scaled to [0, 1] per image.
 """
 from __future__ import annotations
 
-import functools
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 
